@@ -1,0 +1,28 @@
+"""MedFound core: text-prompted and zero-shot segmentation of 3D medical volumes.
+
+Public API: :func:`load_volume`, :func:`save_volume`, :class:`Volume`, :func:`segment` (text prompts)
+and :func:`click` (point prompts). Heavy parts (models, text encoder) load lazily on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .io import Volume, load_volume, save_volume
+
+__version__ = "0.1.0"
+__all__ = ["Volume", "load_volume", "save_volume", "segment", "click", "__version__"]
+
+
+def segment(volume: Volume, prompts: list[str], model: str = "default", device: str = "auto", **kwargs: Any) -> Any:
+    """Segment the structures named by ``prompts``; see :func:`medfoundcore.inference.segment.segment`."""
+    from .inference.segment import segment as _segment
+
+    return _segment(volume, prompts, model=model, device=device, **kwargs)
+
+
+def click(volume: Volume, positive_ras: Any, negative_ras: Any = (), **kwargs: Any) -> Any:
+    """Zero-shot segmentation from RAS point clicks; see :func:`medfoundcore.inference.click.click`."""
+    from .inference.click import click as _click
+
+    return _click(volume, positive_ras, negative_ras, **kwargs)

@@ -1,0 +1,1 @@
+"""Losses: segmentation (BiomedParse-V) and self-supervised (3DME, MiM, NEMESIS) objectives."""

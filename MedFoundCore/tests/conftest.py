@@ -1,0 +1,27 @@
+"""Shared fixtures: the real data folder (required under CI) and an isolated model store."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from medfoundcore.data.paths import shared_data_dir
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` (or ``$MEDFOUND_DATA``). Missing data is a failure, never a skip: tests must run on real volumes."""
+    path = shared_data_dir(required=False)
+    if not path.is_dir():
+        pytest.fail(f"real data folder {path} is missing; set MEDFOUND_DATA (CI={os.environ.get('CI', 'unset')})")
+    return path
+
+
+@pytest.fixture()
+def medfound_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private ``$MEDFOUND_HOME`` so tests never touch the user's model store."""
+    home = tmp_path / "medfound-home"
+    monkeypatch.setenv("MEDFOUND_HOME", str(home))
+    return home
