@@ -145,3 +145,15 @@ def test_reduced_precision_autocast_gives_float32_outputs():
         out = model(images, text)
     for t in (out.mask_logits, out.presence_logits, out.edge_logits):
         assert t.dtype == torch.float32 and torch.isfinite(t).all()
+
+
+def test_weights_without_text_film_still_load():
+    """Models trained before the text FiLM path existed load and run as they were trained."""
+    legacy = build_segmenter({"preset": "tiny", "image_size": 64, "text_film": False})
+    model = build_segmenter({"preset": "tiny", "image_size": 64})
+    assert model.decoder.text_film is not None
+    model.load_state_dict(legacy.state_dict())
+    assert model.decoder.text_film is None and not model.config.text_film
+    images, text = torch.rand(1, 3, 64, 64) * 255, torch.randn(1, 2, 384)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images, text).mask_logits, legacy(images, text).mask_logits)

@@ -84,6 +84,7 @@ class MaskDecoder(nn.Module):
         ffn_dim: int | None = None,
         edge_queries: int = 0,
         dropout: float = 0.0,
+        text_film: bool = True,
     ):
         super().__init__()
         if not 0 <= edge_queries < num_queries:
@@ -101,6 +102,12 @@ class MaskDecoder(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.mask_embed = _mlp(dim)
         self.edge_embed = _mlp(dim) if edge_queries else None
+        # FiLM: the prompt scales/shifts the stride-4 mask features, so the mask itself depends on the
+        # text (with query selection alone a briefly trained decoder returns one mask for every prompt).
+        self.text_film = nn.Linear(dim, 2 * dim) if text_film else None
+        if self.text_film is not None:
+            nn.init.zeros_(self.text_film.weight)
+            nn.init.zeros_(self.text_film.bias)
 
     @property
     def num_layers(self) -> int:
@@ -126,6 +133,9 @@ class MaskDecoder(nn.Module):
             states.append((x[:, t:], x[:, :t]))
         x = self.norm(x)
         text_out, query_out = x[:, :t].mean(dim=1), x[:, t:]
+        if self.text_film is not None:
+            gamma, beta = self.text_film(text_tokens.mean(dim=1)).chunk(2, dim=-1)
+            mask_features = mask_features * (1 + gamma[..., None, None]) + beta[..., None, None]
         e = self.edge_queries
         mask_logits = self._predict(query_out[:, e:], text_out, self.mask_embed, mask_features)
         edge_logits = self._predict(query_out[:, :e], text_out, self.edge_embed, mask_features) if e else None
@@ -134,6 +144,8 @@ class MaskDecoder(nn.Module):
     def _predict(self, queries: torch.Tensor, text: torch.Tensor, head: nn.Module, mask_features: torch.Tensor) -> torch.Tensor:
         weights = torch.softmax(torch.einsum("nqd,nd->nq", queries, text) / math.sqrt(self.dim), dim=1)
         embedding = torch.einsum("nq,nqd->nd", weights, head(queries))
+        if self.text_film is not None:  # the grounded text token is a mask query of its own (SEEM-style)
+            embedding = embedding + head(text)
         return torch.einsum("nd,ndhw->nhw", embedding, mask_features)
 
 

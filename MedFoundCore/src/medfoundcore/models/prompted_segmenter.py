@@ -67,6 +67,7 @@ class SegmenterConfig:
     isd_stop_gradient: bool = True
     isd_pre_norm: bool = True
     edge_queries: int = 0
+    text_film: bool = True
     fve_k: int = 1
     extra: dict = field(default_factory=dict)  # free-form notes kept with the card (not used by the network)
 
@@ -143,6 +144,7 @@ class PromptedSegmenter(nn.Module):
             rounds=config.rounds,
             heads=config.num_heads,
             edge_queries=config.edge_queries,
+            text_film=config.text_film,
         )
         self.isd = self._make_isd(config)
 
@@ -155,7 +157,7 @@ class PromptedSegmenter(nn.Module):
         )
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """``nn.Module.load_state_dict``, also accepting weights saved with the post-norm ISD layout.
+        """``nn.Module.load_state_dict``, also accepting weights of earlier layouts (post-norm ISD, no text FiLM).
 
         Weights trained before the ISD became pre-norm have ``isd.head.weight`` (no final LN) and cards
         without ``isd_pre_norm``; the ISD is rebuilt in that layout so those models keep loading.
@@ -164,6 +166,10 @@ class PromptedSegmenter(nn.Module):
             device = self.isd.query.device
             self.config = dataclasses.replace(self.config, isd_pre_norm=False)
             self.isd = self._make_isd(self.config).to(device)
+        if self.decoder.text_film is not None and "decoder.text_film.weight" not in state_dict:
+            # weights from before the text FiLM path: run the decoder exactly as they were trained
+            self.config = dataclasses.replace(self.config, text_film=False)
+            self.decoder.text_film = None
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # -- image path -----------------------------------------------------------------------------
