@@ -1,0 +1,412 @@
+"""Scene-level MedFound operations, free of widgets: what the Slicer Logic class is made of.
+
+Every long operation is split in three so the scene is only touched on the GUI thread and only on
+success: ``start*`` converts nodes to plain volumes and starts a :class:`~.jobs.Job` (the worker
+never sees a node); the caller polls the job; ``apply*`` turns the finished result into nodes.
+A cancelled or failed job therefore leaves the scene exactly as it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import nodes
+from .jobs import Job, JobCallbacks, JobState
+
+SEGMENT_KINDS = ("prompted-segmenter",)
+CLICK_KINDS = ("encoder3d",)
+DEVICE_CHOICES = {"Auto": "auto", "GPU (CUDA)": "cuda", "CPU": "cpu"}
+LOW_VRAM_GIB = 4.0
+ZERO_SHOT_SEGMENT = "MedFound zero-shot"
+ZERO_SHOT_COLOR = (0.95, 0.75, 0.1)
+
+
+@dataclass(frozen=True)
+class DeviceReport:
+    """Which device a choice resolves to, and a warning for the user when it will be slow or fail."""
+
+    device: str
+    warning: str = ""
+
+
+@dataclass(frozen=True)
+class PromptSummary:
+    """One row of the Segment panel's summary table."""
+
+    prompt: str
+    name: str
+    found: bool
+    volume_ml: float
+    confidence: float
+    segment_id: str = ""
+
+    @property
+    def status(self) -> str:
+        return "found" if self.found else "not found"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A registry model as the panels show it (the card's fields, flattened)."""
+
+    name: str
+    kind: str
+    version: str
+    prompts: tuple[str, ...]
+    source: str
+    path: str
+    card: dict
+
+    @property
+    def shipped(self) -> bool:
+        return self.source != "user"
+
+
+class MedFoundLogic:
+    """All MedFound work on one MRML scene. No widgets, no ``slicer.app``: runs on slicer-core."""
+
+    def __init__(self, scene) -> None:
+        self.scene = scene
+        self._vocabulary = None
+
+    # ------------------------------------------------------------------ environment
+    @property
+    def vocabulary(self):
+        """MedFoundCore's vocabulary (loaded once): the one source of names, colours, terminology."""
+        if self._vocabulary is None:
+            from medfoundcore.vocabulary import load_vocabulary
+
+            self._vocabulary = load_vocabulary()
+        return self._vocabulary
+
+    def startWarmUp(self, model: str = "default", device: str = "auto", callbacks: JobCallbacks | None = None) -> Job:
+        """Import torch and MedFoundCore and load the default model on a worker when the module opens.
+
+        Why: first imports and the first model / text-encoder load run long C initialisers that hold
+        the GIL (measured up to ~0.6 s per stall); done here, they happen while the user picks inputs
+        instead of stalling the GUI during the first segmentation.
+        """
+        def work(progress, cancel, _metrics):
+            import importlib
+
+            from medfoundcore.errors import MedFoundError
+
+            modules = ("torch", "sentence_transformers", "medfoundcore.inference.segment", "medfoundcore.inference.click",
+                       "medfoundcore.train.segment")
+            for name in modules:
+                importlib.import_module(name)
+            from medfoundcore.io import Volume
+            from medfoundcore.inference.segment import segment
+
+            try:  # a tiny volume fills the model and text-encoder caches that the first real run would fill
+                segment(Volume(np.zeros((2, 32, 32), np.int16)), ["liver"], model=model, device=device, cancel=cancel)
+            except MedFoundError:
+                pass  # no usable default model yet: the first real run reports it properly
+            return self.vocabulary
+
+        return Job("warm-up", work, callbacks or JobCallbacks()).start()
+
+    def vocabularyNames(self) -> list[str]:
+        """Structure names for prompt completion."""
+        return sorted(self.vocabulary.names())
+
+    def parsePrompts(self, text: str) -> list[str]:
+        """One prompt per non-empty line; every line must name a known structure (InputError otherwise)."""
+        from medfoundcore.errors import InputError
+
+        prompts = [line.strip() for line in text.splitlines() if line.strip()]
+        if not prompts:
+            raise InputError("enter at least one structure to segment (one per line)")
+        for prompt in prompts:
+            self.vocabulary.normalize_prompt(prompt)
+        return prompts
+
+    def deviceReport(self, choice: str) -> DeviceReport:
+        """Resolve a device choice ('auto', 'cuda', 'cpu') and warn about missing GPU or little VRAM."""
+        import torch
+
+        if choice == "cpu":
+            return DeviceReport("cpu", "CPU selected: segmentation takes minutes rather than seconds.")
+        if not torch.cuda.is_available():
+            if choice == "cuda":
+                return DeviceReport("cuda", "No CUDA GPU is available: choose Auto or CPU.")
+            return DeviceReport("cpu", "No CUDA GPU found: MedFound will run on the CPU (slower).")
+        free, total = torch.cuda.mem_get_info()
+        name = torch.cuda.get_device_name(0)
+        if free / 2**30 < LOW_VRAM_GIB:
+            return DeviceReport("cuda", f"{name}: only {free / 2**30:.1f} GiB of {total / 2**30:.1f} GiB free; large volumes may not fit.")
+        return DeviceReport("cuda", "")
+
+    def models(self, kinds: tuple[str, ...] | None = None) -> list[ModelInfo]:
+        """Installed models (shipped and user-trained), optionally only those of some card kinds."""
+        from medfoundcore import registry
+
+        infos = [_model_info(info) for info in registry.list_models()]
+        return [m for m in infos if kinds is None or m.kind in kinds]
+
+    def importModel(self, path: str) -> ModelInfo:
+        """Copy a .safetensors model (its card.json beside it) into the user store; the sha256 is checked."""
+        from medfoundcore import registry
+
+        directory = registry.import_model(path)
+        return next(m for m in self.models() if Path(m.path) == Path(directory))
+
+    def deleteModel(self, name: str) -> None:
+        """Remove a user model from the store (shipped models are refused by the registry)."""
+        from medfoundcore import registry
+
+        registry.delete_model(name)
+
+    # ------------------------------------------------------------------ text-prompted segmentation
+    def startSegmentation(self, volumeNode, prompts: list[str], model: str = "default", device: str = "auto",
+                          callbacks: JobCallbacks | None = None) -> Job:
+        """Start text-prompted segmentation of ``volumeNode`` on a worker; nothing in the scene changes yet."""
+        volume = nodes.volume_from_node(volumeNode)
+
+        def work(progress, cancel, _metrics):
+            from medfoundcore.inference.segment import segment
+
+            return segment(volume, prompts, model=model, device=device, progress=progress, cancel=cancel)
+
+        return Job("segment", work, callbacks or JobCallbacks()).start()
+
+    def conflictingSegments(self, segmentationNode, result) -> list[str]:
+        """Names the result would write that already exist in ``segmentationNode`` (ask before replacing)."""
+        if segmentationNode is None:
+            return []
+        existing = set(nodes.segment_names(segmentationNode))
+        return [r.structure_name for r in result.reports if r.found and r.structure_name in existing]
+
+    def applySegmentation(self, result, volumeNode, segmentationNode=None, replace: bool = False):
+        """Write the found structures of a ``SegmentationResult`` as named, coloured segments.
+
+        Returns ``(segmentationNode, [PromptSummary])``; a new segmentation node is created when none
+        is given. Prompts the model rejected ("not found") get a summary row but no segment.
+        """
+        found = [(r.label, r) for r in result.reports if r.found]
+        if segmentationNode is None:
+            segmentationNode = nodes.create_segmentation_node(self.scene, volumeNode, f"{volumeNode.GetName()} MedFound")
+        specs = [self._segmentSpec(value, r) for value, r in found]
+        ids = dict(zip([value for value, _ in found], nodes.write_segments(segmentationNode, result.labels, specs, replace)))
+        summaries = [
+            PromptSummary(r.prompt, r.structure_name, bool(r.found), float(r.volume_ml), float(r.mean_presence), ids.get(r.label, ""))
+            for r in result.reports
+        ]
+        return segmentationNode, summaries
+
+    def _segmentSpec(self, label: int, report) -> nodes.SegmentSpec:
+        structure = self.vocabulary.get(report.structure_key)
+        color = tuple(float(c) / 255.0 for c in (report.color or structure.color))
+        return nodes.SegmentSpec(label, report.structure_name, color, terminology_entry(structure))
+
+    def runSegmentation(self, volumeNode, prompts: list[str], model: str = "default", device: str = "auto",
+                        segmentationNode=None, replace: bool = False):
+        """Blocking convenience for scripts and tests: start, wait (polling), apply; raises on failure."""
+        job = _finished(self.startSegmentation(volumeNode, prompts, model, device).wait())
+        return self.applySegmentation(job.result, volumeNode, segmentationNode, replace)
+
+    # ------------------------------------------------------------------ zero-shot clicks
+    def startClick(self, volumeNode, positiveNode, negativeNode=None, model: str | None = "encoder-v1", device: str = "auto",
+                   callbacks: JobCallbacks | None = None) -> Job:
+        """Start zero-shot segmentation from positive/negative markup points (world RAS)."""
+        from medfoundcore.errors import InputError
+
+        positive = nodes.points_from_markups(positiveNode)
+        negative = nodes.points_from_markups(negativeNode)
+        if len(positive) == 0:
+            raise InputError("place at least one positive point on the structure to segment")
+        volume = nodes.volume_from_node(volumeNode)
+
+        def work(progress, cancel, _metrics):
+            from medfoundcore.inference.click import click
+
+            return click(volume, positive, negative, model=model, device=device, progress=progress, cancel=cancel)
+
+        return Job("click", work, callbacks or JobCallbacks()).start()
+
+    def applyClick(self, mask, volumeNode, segmentationNode=None, segmentId: str = ""):
+        """Write a zero-shot mask as one segment; ``segmentId`` (from a previous run) is replaced in place.
+
+        Returns ``(segmentationNode, segmentId)``.
+        """
+        if segmentationNode is None:
+            segmentationNode = nodes.create_segmentation_node(self.scene, volumeNode, f"{volumeNode.GetName()} MedFound")
+        segmentation = segmentationNode.GetSegmentation()
+        previous = segmentation.GetSegment(segmentId) if segmentId else None
+        name = previous.GetName() if previous is not None else nodes.unique_segment_name(segmentationNode, ZERO_SHOT_SEGMENT)
+        labels = mask.with_array((np.asarray(mask.array) > 0).astype(np.uint8))
+        spec = nodes.SegmentSpec(1, name, tuple(previous.GetColor()) if previous is not None else ZERO_SHOT_COLOR)
+        (newId,) = nodes.write_segments(segmentationNode, labels, [spec], replace=previous is not None)
+        return segmentationNode, newId
+
+    def runClick(self, volumeNode, positiveNode, negativeNode=None, model: str | None = "encoder-v1", device: str = "auto",
+                 segmentationNode=None, segmentId: str = ""):
+        """Blocking convenience: zero-shot segmentation from points, written as one segment."""
+        job = _finished(self.startClick(volumeNode, positiveNode, negativeNode, model, device).wait())
+        return self.applyClick(job.result, volumeNode, segmentationNode, segmentId)
+
+    # ------------------------------------------------------------------ training
+    def segmentPromptMap(self, segmentationNode) -> dict[str, str]:
+        """Default segment name → prompt mapping: the vocabulary's name when it knows the segment, else ''."""
+        return {name: self._defaultPrompt(name) for name in nodes.segment_names(segmentationNode)}
+
+    def _defaultPrompt(self, name: str) -> str:
+        structure = self.vocabulary.label_name_to_structure(name)
+        return structure.name if structure is not None else ""
+
+    def casesFromScene(self, pairs, promptMap: dict[str, str]) -> list:
+        """Training cases from (volume node, segmentation node) pairs; segments mapped to prompts.
+
+        Segments whose prompt is empty are left out; a pair with no mapped segment is an InputError.
+        """
+        from medfoundcore.data.datasets import Case
+        from medfoundcore.errors import InputError
+        from medfoundcore.preprocess import detect_modality
+
+        cases = []
+        for index, (volumeNode, segmentationNode) in enumerate(pairs):
+            segmentation = segmentationNode.GetSegmentation()
+            chosen = [(segmentation.GetSegmentIdBySegmentName(n), promptMap[n]) for n in nodes.segment_names(segmentationNode) if promptMap.get(n, "").strip()]
+            if not chosen:
+                raise InputError(f"segmentation '{segmentationNode.GetName()}' has no segment mapped to a prompt")
+            image = nodes.volume_from_node(volumeNode)
+            labels = image.with_array(nodes.labels_from_segmentation(segmentationNode, [sid for sid, _ in chosen], volumeNode))
+            names = {value: prompt for value, (_, prompt) in enumerate(chosen, start=1)}
+            case_id = f"scene{index:02d}_{volumeNode.GetName()}"
+            cases.append(Case(case_id, case_id, image, labels, names, detect_modality(image), {"source": "slicer-scene"}))
+        return cases
+
+    def folderPromptMap(self, folder: str) -> dict[str, str]:
+        """Label names of a dataset folder → default prompts (vocabulary name, or '' when unknown)."""
+        from medfoundcore.data.datasets import find_cases
+
+        names = {name for ref in find_cases([folder]) for name in ref.names.values()}
+        return {name: self._defaultPrompt(name) for name in names}
+
+    def casesFromFolder(self, folder: str, promptMap: dict[str, str] | None = None) -> list:
+        """Unloaded cases of a folder (nnU-Net/MSD or *_img/*_lab layout), label names mapped to prompts.
+
+        Cases load one at a time inside the training worker, so a large dataset never blocks the GUI.
+        """
+        from medfoundcore.data.datasets import find_cases
+
+        refs = find_cases([folder])
+        if promptMap:
+            for ref in refs:
+                ref.names = {v: promptMap[n].strip() for v, n in ref.names.items() if promptMap.get(n, "").strip()}
+        return refs
+
+    def trainingWorkDir(self, outputName: str) -> Path:
+        """Where a run keeps its checkpoints: the same name resumes the interrupted run."""
+        from medfoundcore.registry import medfound_home
+
+        home = medfound_home()
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in outputName.strip())
+        return home / "training" / safe
+
+    def startTraining(self, cases: list, outputName: str, epochs: float | None = 5, lr: float = 1e-4, batchSize: int = 2,
+                      device: str = "auto", baseModel: str | None = "default", callbacks: JobCallbacks | None = None,
+                      **config) -> Job:
+        """Fine-tune ``baseModel`` (None: from scratch) on ``cases``; the job's result is the model's directory.
+
+        ``epochs`` None trains ``config['steps']`` steps instead; extra keyword arguments are
+        ``TrainConfig`` fields. Re-starting with the same ``outputName`` resumes from its checkpoints.
+        """
+        from medfoundcore.errors import InputError
+        from medfoundcore.train.segment import TrainConfig, train_segmenter
+
+        if not outputName.strip():
+            raise InputError("give the new model a name")
+        if not cases:
+            raise InputError("no training cases: add volume + segmentation pairs or choose a folder")
+        train_config = TrainConfig(base_model=baseModel, epochs=None if epochs is None else float(epochs), lr=float(lr), batch_size=int(batchSize), device=device, **config)
+        work_dir = self.trainingWorkDir(outputName)
+
+        def work(progress, cancel, metrics):
+            return train_segmenter(cases, train_config, outputName.strip(), work_dir, progress=progress, cancel=cancel, on_metrics=metrics)
+
+        return Job("train", work, callbacks or JobCallbacks()).start()
+
+    def recordMetrics(self, tableNode, metrics: dict):
+        """Append one epoch's metrics to a table node (created on first use; drives the live plot)."""
+        if tableNode is None:
+            tableNode = self.scene.AddNewNodeByClass("vtkMRMLTableNode", self.scene.GenerateUniqueName("MedFound training metrics"))
+        table = tableNode.GetTable()
+        keys = [k for k, v in metrics.items() if isinstance(v, (int, float))]
+        import vtk
+
+        for key in keys:
+            if table.GetColumnByName(key) is None:
+                column = vtk.vtkDoubleArray()
+                column.SetName(key)
+                column.SetNumberOfTuples(table.GetNumberOfRows())
+                column.Fill(float("nan"))
+                table.AddColumn(column)
+        row = table.InsertNextBlankRow(float("nan"))
+        for key in keys:
+            table.SetValueByName(row, key, vtk.vtkVariant(float(metrics[key])))
+        tableNode.Modified()
+        return tableNode
+
+    def metricsPlot(self, tableNode, xColumn: str = "step", yColumns: tuple[str, ...] = ("loss", "dice")):
+        """A plot chart node with one series per metric column of ``tableNode`` (loss and Dice by default)."""
+        chart = self.scene.AddNewNodeByClass("vtkMRMLPlotChartNode", f"{tableNode.GetName()} chart")
+        chart.SetTitle("MedFound training")
+        chart.SetXAxisTitle(xColumn)
+        table = tableNode.GetTable()
+        for index in range(table.GetNumberOfColumns()):
+            name = table.GetColumnName(index)
+            if name == xColumn or (yColumns and name not in yColumns):
+                continue
+            series = self.scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", name)
+            series.SetAndObserveTableNodeID(tableNode.GetID())
+            series.SetXColumnName(xColumn)
+            series.SetYColumnName(name)
+            series.SetPlotType(series.PlotTypeScatter)
+            chart.AddAndObservePlotSeriesNodeID(series.GetID())
+        return chart
+
+
+def _finished(job: Job) -> Job:
+    """Re-raise a failed or cancelled job's outcome as the MedFound error type the user would see."""
+    from medfoundcore.errors import Cancelled, MedFoundError
+
+    if job.state is JobState.CANCELLED:
+        raise Cancelled(job.error or "cancelled")
+    if job.state is JobState.FAILED:
+        raise MedFoundError(job.error)
+    return job
+
+
+def _model_info(info) -> ModelInfo:
+    card = dataclasses.asdict(info.card)
+    prompts = card.get("prompts") or [s.get("name", s.get("key", "")) for s in card.get("structures", [])]
+    return ModelInfo(info.name, str(card.get("kind", "")), str(card.get("version", "")), tuple(map(str, prompts)),
+                     info.source, str(info.path), card)
+
+
+def terminology_entry(structure) -> str:
+    """Slicer's serialized terminology entry for a vocabulary structure (DICOM master list codes).
+
+    The vocabulary stores (category, type, modifier) as ``"SCT^code^meaning"`` triplets, the form
+    Slicer's terminology uses; an entry without them yields '' (the segment keeps name and colour).
+    """
+    import slicer
+
+    category, type_, modifier = (tuple(structure.snomed) + (None, None, None))[:3]
+    if not category or not type_:
+        return ""
+
+    def code(triplet: str | None) -> tuple[str, str, str]:
+        scheme, value, meaning = (triplet.split("^") + ["", "", ""])[:3] if triplet else ("", "", "")
+        return value, scheme, meaning
+
+    return slicer.vtkSlicerTerminologiesModuleLogic.SerializeTerminologyEntry(
+        "Segmentation category and type - DICOM master list",
+        *code(category), *code(type_), *code(modifier),
+        "Anatomic codes - DICOM master list", "", "", "", "", "", "",
+    )
