@@ -25,3 +25,14 @@ def medfound_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "medfound-home"
     monkeypatch.setenv("MEDFOUND_HOME", str(home))
     return home
+
+
+@pytest.fixture()
+def one_thread():
+    """One intra-op thread: on a busy 2-core machine torch's default threads oversubscribe (~10x slower)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

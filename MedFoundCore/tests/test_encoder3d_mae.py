@@ -13,13 +13,7 @@ from medfoundcore.models.encoder3d import build_mae3d
 from medfoundcore.preprocess import normalize_intensity
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Intra-op threads oversubscribe a shared 2-core CI box (10× slower); one thread is fastest here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,6 @@ def run(args: argparse.Namespace) -> dict:
         target = np.empty_like(encoded)
         encode_s = _best_time(lambda: encode_volume(volume, k), args.repeats)
         copy_s = _best_time(lambda: np.copyto(target, encoded), args.repeats)
-        del encoded, target
         results.append(
             {
                 "k": k,

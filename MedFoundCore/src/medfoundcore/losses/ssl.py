@@ -16,24 +16,14 @@ from monai.networks.layers import separable_filtering
 from torch import nn
 
 from ..errors import InputError
+from ..masking.voxels import broadcast_mask
 
 FeatureFn = Callable[[torch.Tensor], Any]
 
 
-def _mask_like(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    m = mask.to(device=like.device, dtype=torch.bool)
-    if m.dim() == 3:
-        m = m[None, None]
-    elif m.dim() == 4:
-        m = m[:, None]
-    if m.dim() != 5 or m.shape[-3:] != like.shape[-3:]:
-        raise InputError(f"mask shape {tuple(mask.shape)} does not match volume shape {tuple(like.shape)}")
-    return m.expand_as(like)
-
-
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Eq. 10: ``1/(2|M|) Σ_{i∈M} (pred_i − target_i)²`` over masked voxels only (0 if nothing is masked)."""
-    m = _mask_like(mask, pred)
+    m = broadcast_mask(mask, pred)
     sq = (pred - target.to(pred.dtype)).pow(2)
     count = m.sum()
     if count == 0:
@@ -77,7 +67,7 @@ def semantic_consistency(
     cos = F.cosine_similarity(fp, ft.to(fp.dtype), dim=1, eps=1e-8)
     if cos.dim() == 1 or mask is None:
         return 1 - cos.mean()
-    m = _mask_like(mask, pred)[:, :1].float()
+    m = broadcast_mask(mask, pred)[:, :1].float()
     m = F.interpolate(m, size=cos.shape[1:], mode="area") > 0
     m = m[:, 0]
     if not m.any():

@@ -11,6 +11,7 @@ reproduces the mask exactly.
 from .dual_axis import DualMask, axis_mask, dual_mask, noise_enhanced, plane_mask, remove_tokens, restore_tokens, superpatch_slices
 from .mim import MiMVolume, cross_level_infonce, generate_mim_levels, multi_level_reconstruction
 from .progressive import DEFAULT_STAGES, MaskingStage, ProgressiveMaskingSchedule, block_mask
+from .voxels import broadcast_mask
 
 __all__ = [
     "DEFAULT_STAGES",
@@ -20,6 +21,7 @@ __all__ = [
     "ProgressiveMaskingSchedule",
     "axis_mask",
     "block_mask",
+    "broadcast_mask",
     "cross_level_infonce",
     "dual_mask",
     "generate_mim_levels",

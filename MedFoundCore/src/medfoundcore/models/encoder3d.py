@@ -10,7 +10,7 @@ the ViT. :class:`MaskedAutoencoder3D` adds the 3-layer ViT decoder used for mask
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import torch
@@ -18,7 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..config import dataclass_from_dict
 from ..errors import InputError
+from ..masking.voxels import broadcast_mask
 from .deformable_attention import DeformableCrossAttention3D, Grid
 
 PosEmbedMode = Literal["concat", "sum"]
@@ -92,11 +94,7 @@ class Encoder3DConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Encoder3DConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InputError(f"encoder3d config: unknown keys {unknown}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data, "encoder3d")
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> Encoder3DConfig:
@@ -396,7 +394,7 @@ class MaskedAutoencoder3D(nn.Module):
 
     def mask_input(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Replace masked voxels (mask True; [D,H,W], [B,D,H,W] or [B,1,D,H,W]) by the learned fill value."""
-        m = _broadcast_mask(mask, x)
+        m = broadcast_mask(mask, x)
         return torch.where(m, self.mask_value.to(x.dtype), x)
 
     def decode(self, enc: Encoder3DOutput) -> torch.Tensor:
@@ -417,18 +415,6 @@ class MaskedAutoencoder3D(nn.Module):
         if mask is not None:
             x = self.mask_input(x, mask)
         return self.decode(self.encoder(x))
-
-
-def _broadcast_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """[D,H,W], [B,D,H,W] or [B,1,D,H,W] boolean mask → expanded to ``like`` [B, C, D, H, W]."""
-    m = mask.to(device=like.device, dtype=torch.bool)
-    if m.dim() == 3:
-        m = m[None, None]
-    elif m.dim() == 4:
-        m = m[:, None]
-    if m.dim() != 5 or m.shape[-3:] != like.shape[-3:]:
-        raise InputError(f"mask shape {tuple(mask.shape)} does not match volume shape {tuple(like.shape)}")
-    return m.expand_as(like)
 
 
 # --------------------------------------------------------------------------- builders (model cards)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medfoundcore.config import dataclass_from_dict
 from medfoundcore.errors import InputError
 from medfoundcore.models.fpn import FPN
 from medfoundcore.models.image_encoder import ENCODER_PRESETS, ImageEncoder
@@ -85,11 +86,7 @@ class SegmenterConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> SegmenterConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InputError(f"segmenter config has unknown keys {unknown}; known keys: {sorted(known)}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data, "segmenter")
 
 
 @dataclass

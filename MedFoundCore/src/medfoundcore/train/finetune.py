@@ -16,7 +16,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +27,7 @@ from torch import nn
 
 from ..data.datasets import Case
 from ..device import autocast, resolve_device
+from ..config import dataclass_from_dict
 from ..errors import InputError, ModelError
 from ..io import Volume
 from ..models.heads import build_task_model3d, ClassificationModel3D, SegmentationModel3D, task_config
@@ -73,11 +74,7 @@ class FinetuneConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FinetuneConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InputError(f"finetune config: unknown keys {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data, "finetune")
 
 
 # --------------------------------------------------------------------------------------- samples

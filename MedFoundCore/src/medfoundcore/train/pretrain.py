@@ -20,7 +20,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..device import autocast
+from ..config import dataclass_from_dict
 from ..errors import InputError, ModelError
 from ..io import READ_SUFFIXES, atomic_path, load_volume
 from ..losses.ssl import ThreeDMELoss, frozen_copy
@@ -119,11 +120,7 @@ class PretrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PretrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InputError(f"pretrain config: unknown keys {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data, "pretrain")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], **overrides: Any) -> PretrainConfig:
