@@ -106,3 +106,14 @@ def test_sitk_geometry_matches_volume(shared_data: Path) -> None:
     volume = load_volume(path)
     assert volume.spacing == pytest.approx(image.GetSpacing())
     assert volume.shape == tuple(reversed(image.GetSize()))
+
+
+def test_written_files_follow_the_umask(tmp_path: Path) -> None:
+    import os
+
+    previous = os.umask(0o022)
+    try:
+        path = save_volume(Volume(np.zeros((2, 3, 4), np.uint8)), tmp_path / "m.nii.gz")
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o644
