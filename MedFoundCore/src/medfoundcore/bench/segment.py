@@ -1,0 +1,307 @@
+"""Text-prompted segmentation: speed/memory (default), held-out quality (``--heldout``) and a 3D baseline.
+
+``medfound bench segment``: one prompt on a 512×512×200 CT, end-to-end seconds, extra-prompt overhead,
+peak RSS. ``--heldout CASE...``: per-structure Dice/HD95 of a model on held-out cases (``metrics.evaluate``).
+``--baseline CASE...``: train a MONAI 3D UNet on the given training cases within ``--minutes`` of
+wall time and evaluate it on the same ``--heldout`` cases, for a like-for-like comparison.
+
+The test volume is a real abdominal CT from the shared data (TotalSegmentator example, 3 mm)
+resampled up to the requested grid over the same field of view, so that the anatomy is real and the
+size is clinical. Each measurement runs in a fresh process so that peak RSS is that run's own.
+Targets (issue 3): one prompt ≤ 60 s on 2 CPU cores, ≤ 15 % per extra prompt, ≤ 5 s on a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+NAME = "segment"
+DEFAULT_PROMPTS = ["liver", "spleen", "left kidney", "right kidney"]
+SOURCE_CASE = "totalsegmentator/ts_ct_full_img.nii.gz"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--size", type=int, default=512, help="in-plane size of the test CT (default %(default)s)")
+    parser.add_argument("--slices", type=int, default=200, help="number of slices (default %(default)s)")
+    parser.add_argument("--prompts", nargs="+", default=DEFAULT_PROMPTS, help="prompts; the first alone, then all")
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--data", default=None, help="shared data folder (default: medfoundcore.data.paths)")
+    parser.add_argument("--heldout", nargs="+", help="evaluate quality on these *_img.nii.gz cases instead of timing")
+    parser.add_argument("--no-isd", action="store_true", help="with --heldout: keep raw masks (ISD ablation)")
+    parser.add_argument("--baseline", nargs="+", help="with --heldout: train a MONAI 3D UNet on these cases and evaluate it")
+    parser.add_argument("--minutes", type=float, default=28.0, help="baseline training budget (wall clock)")
+    parser.add_argument("--structures", nargs="+", default=None, help="structure keys to evaluate (default: the model's)")
+
+
+def test_volume(data_dir: Path, size: int, slices: int):
+    """The shared abdominal CT resampled to ``size × size × slices`` over its own field of view."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from ..io import Volume, load_volume
+
+    source = load_volume(data_dir / SOURCE_CASE)
+    image = source.to_sitk()
+    old_size = np.array(image.GetSize(), dtype=float)
+    new_size = np.array([size, size, slices], dtype=float)
+    spacing = old_size * np.array(image.GetSpacing()) / new_size
+    resampled = sitk.Resample(
+        image, [int(s) for s in new_size], sitk.Transform(), sitk.sitkLinear,
+        image.GetOrigin(), tuple(spacing), image.GetDirection(), -1024.0, sitk.sitkInt16,
+    )
+    return Volume.from_sitk(resampled, {"modality": "CT", "source": f"{SOURCE_CASE} resampled to {size}x{size}x{slices}"})
+
+
+def _measure(queue, data_dir: str, size: int, slices: int, prompts: list[str], model: str, device: str, batch: int | None) -> None:
+    from ..inference.segment import segment
+    from ..io import save_volume
+
+    volume = test_volume(Path(data_dir), size, slices)
+    segment(volume, prompts[:1], model=model, device=device, batch_size=4)  # warm-up: model + text encoder loaded
+    volume_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start = time.perf_counter()
+    result = segment(volume, prompts, model=model, device=device, batch_size=batch)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_volume(result.labels, Path(tmp) / "out.nii.gz")
+    seconds = time.perf_counter() - start
+    queue.put(
+        {
+            "prompts": len(prompts),
+            "seconds": round(seconds, 2),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "rss_before_mb": round(volume_rss, 1),
+            "found": {r.structure_name: r.volume_ml for r in result.reports},
+        }
+    )
+
+
+def _in_fresh_process(*args) -> dict:
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_measure, args=(queue, *args))
+    process.start()
+    result = queue.get()
+    process.join()
+    return result
+
+
+def run(args: argparse.Namespace) -> dict:
+    if args.heldout:
+        from ..data.datasets import find_cases
+
+        refs = find_cases(args.heldout)
+        if args.baseline:
+            return baseline_report(find_cases(args.baseline), refs, args.structures or list(EVAL_KEYS), args.minutes)
+        return heldout_report(refs, args.model, args.structures, use_isd=not args.no_isd, device=args.device)
+    return speed_report(args)
+
+
+def speed_report(args: argparse.Namespace) -> dict:
+    import torch
+
+    from ..data.paths import shared_data_dir
+
+    data_dir = str(Path(args.data) if args.data else shared_data_dir())
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
+    if device == "auto":
+        device = "cpu"
+    common = (data_dir, args.size, args.slices)
+    one = _in_fresh_process(*common, args.prompts[:1], args.model, device, args.batch_size)
+    many = _in_fresh_process(*common, args.prompts, args.model, device, args.batch_size)
+    extra = max(1, len(args.prompts) - 1)
+    overhead = (many["seconds"] - one["seconds"]) / one["seconds"] / extra * 100
+    return {
+        "benchmark": NAME,
+        "volume": f"{args.size}x{args.size}x{args.slices} CT ({SOURCE_CASE} resampled)",
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "model": args.model,
+        "one_prompt_s": one["seconds"],
+        "all_prompts_s": many["seconds"],
+        "n_prompts": len(args.prompts),
+        "extra_prompt_overhead_pct": round(overhead, 1),
+        "peak_rss_mb": max(one["peak_rss_mb"], many["peak_rss_mb"]),
+        "runs": [one, many],
+        "targets": {"one_prompt_cpu_s": 60, "extra_prompt_pct": 15, "gpu_s": 5},
+    }
+
+
+# ---------------------------------------------------------------------------------- held-out quality
+#: Leaf structures evaluated by default (mutually exclusive, so one label map holds them all).
+EVAL_KEYS = (
+    "liver", "spleen", "kidney_left", "kidney_right", "pancreas", "stomach", "gallbladder", "aorta",
+    "inferior_vena_cava", "vertebrae", "spinal_cord", "grey_matter", "white_matter", "brainstem",
+    "parotid_gland_left", "parotid_gland_right", "mandible", "urinary_bladder", "esophagus", "larynx",
+)
+
+
+def reference_map(case, keys: list[str]):
+    """The case's label map re-indexed so that label i+1 = ``keys[i]`` (union of mapped dataset labels)."""
+    import numpy as np
+
+    from ..train.segment import structure_values
+    from ..vocabulary import load_vocabulary
+
+    values = structure_values(case.names, load_vocabulary(), set(keys))
+    present = [k for k in keys if k in values]
+    out = np.zeros(case.labels.shape, dtype=np.uint8)
+    for i, key in enumerate(present):
+        out[np.isin(case.labels.array, values[key])] = i + 1
+    return case.labels.with_array(out), present
+
+
+def _rows(case_id: str, pred, ref, present: list[str]) -> list[dict]:
+    from ..metrics import evaluate
+
+    rows = evaluate(pred, ref, {i + 1: k for i, k in enumerate(present)})
+    return [{"case": case_id, **r} for r in rows]
+
+
+def heldout_report(refs, model: str, structures: list[str] | None, *, use_isd: bool = True, device: str = "cpu") -> dict:
+    """Dice/HD95 per (case, structure) of ``model`` on held-out cases; all structures prompted at once."""
+    from ..inference.segment import segment
+    from ..registry import load_model
+
+    _, card = load_model(model)
+    trained = [s["key"] for s in card.structures]
+    keys = [k for k in (structures or EVAL_KEYS) if k in trained]
+    rows = []
+    for ref in refs:
+        case = ref.load()
+        gt, present = reference_map(case, keys)
+        if not present:
+            continue
+        result = segment(case.image, present, model=model, device=device, use_isd=use_isd)
+        rows += _rows(case.case_id, result.labels, gt, present)
+    return {"model": card.name, "use_isd": use_isd, "rows": rows, "summary": summarize(rows)}
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Mean Dice and median HD95 per structure over cases, plus the overall mean Dice."""
+    import math
+
+    import numpy as np
+
+    by: dict[str, list[dict]] = {}
+    for r in rows:
+        by.setdefault(r["name"], []).append(r)
+    out = {}
+    for name, rs in sorted(by.items()):
+        hd = [r["hd95_mm"] for r in rs if math.isfinite(r["hd95_mm"])]
+        out[name] = {"n": len(rs), "dice": round(float(np.mean([r["dice"] for r in rs])), 4), "hd95_mm": round(float(np.median(hd)), 2) if hd else None}
+    out["mean_dice"] = round(float(np.mean([r["dice"] for r in rows])), 4) if rows else None
+    return out
+
+
+# ---------------------------------------------------------------------------------- 3D UNet baseline
+BASELINE_SPACING = 3.0  # mm, isotropic: coarse enough for 1 CPU thread, what ts_ct_full already has
+PATCH = 64
+
+
+def _baseline_volume(case, keys: list[str]):
+    """(image [0,1] float32, class map) resampled to BASELINE_SPACING; classes = 1 + index in ``keys``."""
+    import numpy as np
+
+    from ..preprocess import normalize_intensity, resample_to_spacing
+
+    gt, present = reference_map(case, keys)
+    remap = np.zeros(len(present) + 1, dtype=np.uint8)
+    for i, k in enumerate(present):
+        remap[i + 1] = keys.index(k) + 1
+    classes = gt.with_array(remap[gt.array])
+    image = case.image.with_array(normalize_intensity(case.image.array, case.modality) / 255.0)
+    image = resample_to_spacing(image, BASELINE_SPACING)
+    classes = resample_to_spacing(classes, BASELINE_SPACING, label=True)
+    labelled = [0] + [keys.index(k) + 1 for k in present]
+    return image.array.astype(np.float32), classes.array.astype(np.int64), labelled
+
+
+def _crop(image, classes, rng):
+    """A PATCH³ crop (zero-padded), centred on foreground two times out of three."""
+    import numpy as np
+
+    pad = [(0, max(0, PATCH - s)) for s in image.shape]
+    image, classes = np.pad(image, pad), np.pad(classes, pad)
+    fg = np.argwhere(classes > 0)
+    if fg.size and rng.random() < 0.67:
+        centre = fg[rng.integers(len(fg))]
+    else:
+        centre = np.array([rng.integers(s) for s in image.shape])
+    start = [int(np.clip(c - PATCH // 2, 0, s - PATCH)) for c, s in zip(centre, image.shape)]
+    sl = tuple(slice(a, a + PATCH) for a in start)
+    return image[sl], classes[sl]
+
+
+def _marginal_loss(logits, target, labelled: list[int]):
+    """Cross-entropy where classes not labelled in this case count as background (partial labels)."""
+    import torch
+
+    probs = torch.softmax(logits, dim=0)
+    n = logits.shape[0]
+    unlabelled = [c for c in range(n) if c not in labelled]
+    merged = probs[labelled].clone()
+    merged[0] = merged[0] + probs[unlabelled].sum(0) if unlabelled else merged[0]
+    index = torch.zeros(n, dtype=torch.long)
+    index[labelled] = torch.arange(len(labelled))
+    return torch.nn.functional.nll_loss(torch.log(merged.clamp_min(1e-6))[None], index[target][None])
+
+
+def train_baseline(train_refs, keys: list[str], minutes: float):
+    """A MONAI 3D UNet trained on PATCH³ crops for ``minutes`` of wall time (1 sample per step)."""
+    import numpy as np
+    import torch
+    from monai.networks.nets import UNet
+
+    data = [_baseline_volume(r.load(), keys) for r in train_refs]
+    data = [d for d in data if len(d[2]) > 1]
+    net = UNet(3, 1, len(keys) + 1, channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=1)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
+    rng = np.random.default_rng(0)
+    deadline, steps = time.monotonic() + minutes * 60, 0
+    while time.monotonic() < deadline:
+        image, classes, labelled = data[rng.integers(len(data))]
+        x, y = _crop(image, classes, rng)
+        logits = net(torch.from_numpy(x)[None, None])[0]
+        loss = _marginal_loss(logits, torch.from_numpy(y), labelled)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        steps += 1
+    return net.eval(), steps
+
+
+def baseline_report(train_refs, heldout_refs, keys: list[str], minutes: float) -> dict:
+    """Train the 3D UNet baseline, then Dice/HD95 on the held-out cases (prediction resampled back)."""
+    import numpy as np
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    from ..preprocess import resample_like, resample_to_spacing
+
+    net, steps = train_baseline(train_refs, keys, minutes)
+    rows = []
+    for ref in heldout_refs:
+        case = ref.load()
+        gt, present = reference_map(case, keys)
+        if not present:
+            continue
+        image, _, _ = _baseline_volume(case, keys)
+        with torch.inference_mode():
+            logits = sliding_window_inference(torch.from_numpy(image)[None, None], (PATCH,) * 3, 2, net, overlap=0.25, padding_mode="constant")
+        classes = logits[0].argmax(0).numpy().astype(np.uint8)
+        remap = np.zeros(len(keys) + 1, dtype=np.uint8)
+        for i, k in enumerate(present):
+            remap[keys.index(k) + 1] = i + 1
+        grid = resample_to_spacing(case.image, BASELINE_SPACING)
+        pred = resample_like(grid.with_array(remap[classes]), case.labels, label=True)
+        rows += _rows(case.case_id, pred, gt, present)
+    return {"model": "MONAI 3D UNet (16-32-64-128, 3 mm, 64^3 patches)", "train_minutes": minutes, "steps": steps, "rows": rows, "summary": summarize(rows)}

@@ -1,0 +1,105 @@
+"""``medfound train-seg DATA... --out-name NAME``: train or fine-tune a text-prompted segmenter.
+
+DATA are nnU-Net/MSD dataset folders (with dataset.json), folders of ``*_img/*_lab/*_labels.json``
+cases, or single ``*_img.nii.gz`` files. Checkpoints go to ``--work-dir``; ``--resume`` continues an
+interrupted run from its newest checkpoint. Launch with ``torchrun --nproc-per-node N -m
+medfoundcore.cli train-seg ...`` for DDP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..device import DEVICE_CHOICES
+from ..errors import InputError
+from ..progress import cli_progress
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..train.segment import TrainConfig
+
+    d = TrainConfig()
+    parser = subparsers.add_parser("train-seg", help="train / fine-tune a text-prompted segmenter", description=__doc__)
+    parser.add_argument("data", nargs="+", help="dataset folders or *_img.nii.gz files")
+    parser.add_argument("--out-name", required=True, help="name of the model in the user store (~/.medfound/models)")
+    parser.add_argument("--work-dir", help="checkpoint folder (default: ~/.medfound/runs/NAME)")
+    parser.add_argument("--output-dir", help="write the model here instead of the user store (e.g. to ship it)")
+    parser.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget; the model is saved when it runs out")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --work-dir")
+    parser.add_argument("--base-model", default=None, help="fine-tune this model ('default' = the starter model)")
+    parser.add_argument("--preset", default=d.preset, choices=["tiny", "small", "base", "large"], help="model size (tiny trains on a CPU; large is for GPUs)")
+    parser.add_argument("--image-size", type=int, default=d.image_size)
+    parser.add_argument("--fve-k", type=int, default=d.fve_k, help="FVE order k (0 = no FVE: the focal slice in all three channels)")
+    parser.add_argument("--steps", type=int, default=d.steps)
+    parser.add_argument("--epochs", type=float, default=None, help="overrides --steps (one epoch = every slice once)")
+    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--prompts-per-image", type=int, default=d.prompts_per_image)
+    parser.add_argument("--synth-fraction", type=float, default=d.synth_fraction)
+    parser.add_argument("--no-augment", action="store_true")
+    parser.add_argument("--no-isd", action="store_true", help="ablation: no presence discriminator")
+    parser.add_argument("--no-grad-cutoff", action="store_true", help="ablation: let ISD gradients into the decoder")
+    parser.add_argument("--single-view", action="store_true", help="train only on the view inference uses (no extra views of isotropic volumes)")
+    parser.add_argument("--structures", nargs="*", help="train only these vocabulary keys")
+    parser.add_argument("--holdout", nargs="*", default=[], help="subjects to leave out of training")
+    parser.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (metrics lines are still printed)")
+    parser.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace):
+    from ..train.segment import TrainConfig
+
+    return TrainConfig(
+        preset=args.preset,
+        image_size=args.image_size,
+        fve_k=args.fve_k,
+        use_isd=not args.no_isd,
+        isd_stop_gradient=not args.no_grad_cutoff,
+        steps=args.steps,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        prompts_per_image=args.prompts_per_image,
+        synth_fraction=args.synth_fraction,
+        augment=not args.no_augment,
+        device=args.device,
+        checkpoint_every=args.checkpoint_every,
+        seed=args.seed,
+        base_model=args.base_model,
+        structures=args.structures or None,
+        max_minutes=args.max_minutes,
+        all_views=not args.single_view,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data.datasets import find_cases, split_by_subject
+    from ..registry import medfound_home
+    from ..train.checkpoint import latest_checkpoint
+    from ..train.segment import train_segmenter
+
+    work_dir = Path(args.work_dir) if args.work_dir else medfound_home() / "runs" / args.out_name
+    if latest_checkpoint(work_dir) is not None and not args.resume:
+        raise InputError(f"{work_dir}: holds checkpoints of an earlier run; pass --resume to continue it or choose another --work-dir")
+    refs = find_cases(args.data)
+    train, held = split_by_subject(refs, args.holdout) if args.holdout else (refs, [])
+    print(f"training on {len(train)} cases ({len({r.subject for r in train})} subjects); held out {len(held)}", file=sys.stderr)
+    bar = cli_progress(disable=args.quiet)
+
+    def show(m: dict) -> None:
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}), file=sys.stderr, flush=True)
+
+    try:
+        directory = train_segmenter(
+            train, config_from_args(args), args.out_name, work_dir, output_dir=args.output_dir, progress=bar, on_metrics=show
+        )
+    finally:
+        bar.close()
+    print(directory)
+    return 0

@@ -1,0 +1,1 @@
+"""Inference engines: text-prompted segmentation (:mod:`.segment`) and point prompts (:mod:`.click`)."""

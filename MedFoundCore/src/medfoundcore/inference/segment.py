@@ -1,0 +1,303 @@
+"""Text-prompted segmentation of a whole volume (BiomedParse-V §3.5).
+
+Flow: prompts -> vocabulary structures -> text embeddings (once); volume -> slicing view ->
+intensity normalisation -> in-plane resize to the model's resolution -> FVE per focal slice ->
+image encoder per slice batch (features computed ONCE and shared by every prompt) -> mask decoder for
+all prompts of the batch -> ISD gating (ω > 0.5) -> slice-level NMS and argmax across prompts ->
+probabilities resized back to the slice's native size -> label map on the input grid.
+
+Memory is bounded by processing the volume in slice batches: only the model-resolution stack
+(K × S × S float32) and the uint8 output are whole-volume arrays.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import fve
+from ..device import autocast, resolve_device
+from ..errors import Cancelled, InputError
+from ..io import Volume
+from ..preprocess import detect_modality, normalize_intensity, select_view
+from ..progress import CancelToken, ProgressCallback, check, report
+
+PREPROCESSING_VERSION = 1
+NMS_IOU = 0.5  # a lower-confidence mask overlapping a higher one by more than this is dropped
+_CHUNK = 32  # slices normalised / resized at once (bounds temporary memory)
+
+
+@dataclass
+class PromptReport:
+    """What was found for one prompt; ``mean_presence`` is the mean ISD ω over the slices kept."""
+
+    prompt: str
+    structure_key: str
+    structure_name: str
+    color: tuple[int, int, int]
+    label: int
+    found: bool
+    volume_ml: float
+    slices_present: int
+    mean_presence: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "color": list(self.color)}
+
+
+@dataclass
+class SegmentationResult:
+    """Label map on the input grid (label i = i-th prompt) with one report per prompt."""
+
+    labels: Volume
+    reports: list[PromptReport]
+    warnings: list[str] = field(default_factory=list)
+    model: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "warnings": self.warnings, "prompts": [r.to_dict() for r in self.reports]}
+
+
+# ------------------------------------------------------------------------------ shared preprocessing
+def prompt_text(structure) -> str:
+    """The text the model is conditioned on for a structure: its canonical name (training = inference)."""
+    return structure.name
+
+
+def model_slices(
+    array_kji: np.ndarray,
+    axis: int,
+    modality: str | None,
+    size: int,
+    window: str = "soft_tissue",
+    *,
+    label: bool = False,
+) -> np.ndarray:
+    """Slices along ``axis`` normalised to [0, 255] and resized to ``size × size``: ``(N, size, size)``.
+
+    Labels (``label=True``) are resized with nearest neighbour and keep their values. CT is windowed
+    chunk by chunk (voxel-wise); MRI percentiles need the whole volume and are computed once.
+    """
+    moved = np.moveaxis(array_kji, axis, 0)
+    if not label and modality != "CT":
+        moved = normalize_intensity(np.ascontiguousarray(moved), modality or "MRI")
+    out = np.empty((moved.shape[0], size, size), dtype=np.uint16 if label else np.float32)
+    for start in range(0, moved.shape[0], _CHUNK):
+        chunk = moved[start : start + _CHUNK]
+        if not label and modality == "CT":
+            chunk = normalize_intensity(chunk, "CT", window)
+        out[start : start + _CHUNK] = _resize(chunk, size, label)
+    return out
+
+
+def _resize(chunk: np.ndarray, size: int, label: bool) -> np.ndarray:
+    tensor = torch.from_numpy(np.ascontiguousarray(chunk).astype(np.float32))[:, None]
+    if label:
+        resized = F.interpolate(tensor, size=(size, size), mode="nearest-exact")
+        return resized[:, 0].round().numpy().astype(np.uint16)
+    resized = F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return resized[:, 0].clamp_(0, 255).numpy()
+
+
+# ------------------------------------------------------------------------------ model loading
+@functools.lru_cache(maxsize=2)
+def _load(model: str, device: str):
+    from ..models.prompted_segmenter import SegmenterConfig, build_segmenter
+    from ..registry import load_model
+
+    state, card = load_model(model)
+    if card.kind != "prompted-segmenter":
+        raise InputError(f"model {model!r} is a {card.kind!r} model, not a text-prompted segmenter")
+    cfg = SegmenterConfig.from_dict(card.config.get("model", card.config))
+    net = build_segmenter(cfg)
+    net.load_state_dict(state)
+    net.eval().to(device)
+    return net, cfg, card
+
+
+@functools.lru_cache(maxsize=1)
+def _text_encoder():
+    from ..text import TextEncoder
+
+    return TextEncoder()
+
+
+# ------------------------------------------------------------------------------ public entry point
+def segment(
+    volume: Volume,
+    prompts: Sequence[str],
+    model: str = "default",
+    device: str = "auto",
+    *,
+    batch_size: int | None = None,
+    use_isd: bool = True,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> SegmentationResult:
+    """Segment every prompted structure in ``volume``; label i of the result is the i-th prompt.
+
+    Raises InputError for an empty/unknown prompt (listing the nearest known names) and Cancelled when
+    ``cancel`` fires (nothing is returned or written). ``use_isd=False`` keeps raw masks (ablation).
+    """
+    from ..vocabulary import load_vocabulary
+
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not prompts:
+        raise InputError("no prompt given: name at least one structure, e.g. -p liver")
+    vocab = load_vocabulary()
+    structures = [vocab.normalize_prompt(p) for p in prompts]
+    if len(structures) > 255:
+        raise InputError(f"{len(structures)} prompts given; at most 255 fit one label map")
+    dev = resolve_device(device)
+    net, cfg, card = _load(str(model), str(dev))
+    modality = detect_modality(volume)
+    warnings = [w for s in structures if (w := vocab.modality_mismatch(s, modality))]
+    warnings += _unknown_to_model(structures, card)
+    text = _text_encoder().encode([prompt_text(s) for s in structures]).float().to(dev)
+
+    axis = select_view(volume.shape)
+    window = card.preprocessing.get("ct_window", "soft_tissue")
+    report(progress, "preprocessing", 0, 1)
+    stack = model_slices(volume.array, axis, modality, cfg.image_size, window)
+    check(cancel)
+    native = tuple(n for a, n in enumerate(volume.shape) if a != axis)  # slice size in the view
+    labels, omega, kept = _run(net, cfg, stack, text, native, dev, batch_size, use_isd, progress, cancel)
+    labels = np.ascontiguousarray(np.moveaxis(labels, 0, axis))
+    result = volume.with_array(labels)
+    result.meta = {**volume.meta, "modality": "label", "prompts": list(prompts)}
+    reports = _reports(prompts, structures, labels, omega, kept, volume, axis)
+    return SegmentationResult(result, reports, warnings, card.name)
+
+
+def _unknown_to_model(structures, card) -> list[str]:
+    trained = {s.get("key") for s in card.structures}
+    return [
+        f"model {card.name!r} was not trained on '{s.name}': the result is a guess from the text embedding"
+        for s in structures
+        if trained and s.key not in trained
+    ]
+
+
+# ------------------------------------------------------------------------------ batched inference
+def _run(net, cfg, stack, text, native, device, batch_size, use_isd, progress, cancel):
+    """Model over all slices in batches; halves the batch on out-of-memory and retries."""
+    n = stack.shape[0]
+    batch = batch_size or (32 if device.type == "cuda" else 8)
+    labels = np.zeros((n, *native), dtype=np.uint8)
+    omega = np.zeros((n, text.shape[0]), dtype=np.float32)
+    kept = np.zeros((n, text.shape[0]), dtype=bool)
+    padded, _ = fve.pad_to_multiple(stack, fve.required_multiple(max(1, cfg.fve_k)))
+    start = 0
+    report(progress, "segmenting", 0, n)
+    while start < n:
+        check(cancel)
+        stop = min(n, start + batch)
+        try:
+            out = _batch(net, cfg, padded, start, stop, text, native, device, use_isd)
+        except (torch.OutOfMemoryError, MemoryError, RuntimeError) as error:
+            if isinstance(error, RuntimeError) and "out of memory" not in str(error).lower():
+                raise
+            if batch == 1:
+                raise
+            batch = max(1, batch // 2)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            continue
+        labels[start:stop], omega[start:stop], kept[start:stop] = out
+        start = stop
+        report(progress, "segmenting", start, n)
+    return labels, omega, kept
+
+
+def context_half(k: int) -> int:
+    """Context slices per side: N(k) = 3k - 2, and 0 for k = 0 (no FVE, the ablation baseline)."""
+    return 0 if k == 0 else fve.slices_per_side(k)
+
+
+def fve_images(stack: np.ndarray, start: int, stop: int, k: int) -> np.ndarray:
+    """FVE images ``(stop-start, 3, S, S)`` of focal slices [start, stop) of a ``(N, S, S)`` stack.
+
+    Only their slab is encoded; beyond the volume the edge slice repeats (paper §3.2). ``k = 0`` puts
+    the focal slice in all three channels (no volumetric context).
+    """
+    if k == 0:
+        return np.repeat(stack[start:stop, None], 3, axis=1).astype(np.float32)
+    half = fve.slices_per_side(k)
+    idx = np.clip(np.arange(start - half, stop + half), 0, stack.shape[0] - 1)
+    return fve.encode_volume(stack[idx], k)[half : half + stop - start]
+
+
+@torch.inference_mode()
+def _batch(net, cfg, padded, start, stop, text, native, device, use_isd):
+    images = fve_images(padded, start, stop, cfg.fve_k)[..., : cfg.image_size, : cfg.image_size]
+    images = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    b, p = images.shape[0], text.shape[0]
+    with autocast(device):
+        features = net.encode_image(images)  # once per slice, shared by all prompts
+        output = net.decode(features, text[None].expand(b, p, -1))
+    probs = torch.sigmoid(output.mask_logits.float())
+    omega = torch.sigmoid(output.presence_logits.float())
+    gate = (omega > 0.5) if use_isd else torch.ones_like(omega, dtype=torch.bool)
+    probs = F.interpolate(probs, size=native, mode="bilinear", align_corners=False)
+    gate = gate & _nms(probs > 0.5, omega)
+    probs = probs * gate[..., None, None]
+    best, index = probs.max(dim=1)
+    labels = torch.where(best > 0.5, index + 1, torch.zeros_like(index)).to(torch.uint8)
+    return labels.cpu().numpy(), omega.cpu().numpy(), gate.cpu().numpy()
+
+
+def _nms(masks: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """Slice-level NMS: per slice, drop a prompt whose mask overlaps a more confident one (IoU > NMS_IOU)."""
+    b, p = scores.shape
+    keep = torch.ones((b, p), dtype=torch.bool, device=scores.device)
+    if p == 1:
+        return keep
+    flat = masks.flatten(2).float()
+    inter = flat @ flat.transpose(1, 2)
+    area = flat.sum(-1)
+    iou = inter / (area[:, :, None] + area[:, None, :] - inter).clamp_min(1)
+    order = scores.argsort(dim=1, descending=True)
+    for s in range(b):
+        for rank, i in enumerate(order[s].tolist()):
+            if not keep[s, i]:
+                continue
+            for j in order[s, rank + 1 :].tolist():
+                if iou[s, i, j] > NMS_IOU:
+                    keep[s, j] = False
+    return keep
+
+
+# ------------------------------------------------------------------------------ reports
+def _reports(prompts, structures, labels, omega, kept, volume, axis) -> list[PromptReport]:
+    other = tuple(a for a in range(3) if a != axis)
+    out = []
+    for i, (prompt, s) in enumerate(zip(prompts, structures)):
+        voxels = labels == i + 1
+        count = int(voxels.sum())
+        per_slice = voxels.any(axis=other)
+        found_slices = kept[:, i] & per_slice
+        mean = float(omega[found_slices, i].mean()) if found_slices.any() else 0.0
+        out.append(
+            PromptReport(
+                prompt=str(prompt),
+                structure_key=s.key,
+                structure_name=s.name,
+                color=tuple(int(c) for c in s.color),
+                label=i + 1,
+                found=count > 0,
+                volume_ml=round(count * volume.voxel_volume_ml, 3),
+                slices_present=int(per_slice.sum()),
+                mean_presence=round(mean, 4),
+            )
+        )
+    return out
+
+
+__all__ = ["segment", "SegmentationResult", "PromptReport", "model_slices", "prompt_text", "Cancelled"]

@@ -1,0 +1,72 @@
+"""``medfound segment`` / ``train-seg`` command lines: outputs, reports and bad input."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+
+from medfoundcore.cli import main
+from medfoundcore.commands import segment as segment_command
+from medfoundcore.errors import Cancelled
+from medfoundcore.io import load_volume
+from medfoundcore.progress import CancelToken
+
+
+@pytest.fixture()
+def ct_path(shared_data):
+    return shared_data / "totalsegmentator" / "ts_ct_sm_img.nii.gz"
+
+
+def test_segment_writes_labels_and_report(ct_path, tmp_path, capsys):
+    out, report = tmp_path / "seg.nii.gz", tmp_path / "seg.json"
+    code = main(["segment", str(ct_path), "-p", "liver", "-p", "grey matter", "-o", str(out), "--json", str(report), "--device", "cpu", "--quiet"])
+    assert code == 0
+    labels, image = load_volume(out, label=True), load_volume(ct_path)
+    assert labels.shape == image.shape and np.allclose(labels.affine_ras, image.affine_ras)
+    data = json.loads(report.read_text())
+    assert [p["structure_key"] for p in data["prompts"]] == ["liver", "grey_matter"]
+    assert data["prompts"][0]["found"] and data["model"] == "starter-v1"
+    assert any("grey matter" in w for w in data["warnings"])  # MRI structure prompted on CT
+    assert "warning" in capsys.readouterr().err
+
+
+def test_unknown_and_empty_prompts(ct_path, tmp_path, capsys):
+    out = tmp_path / "x.nii.gz"
+    assert main(["segment", str(ct_path), "-p", "spleeen", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown structure" in err and "spleen" in err
+    assert main(["segment", str(ct_path), "-p", " ", "-o", str(out)]) == 2
+    assert "empty prompt" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_existing_output_and_input_are_never_overwritten(ct_path, tmp_path, capsys):
+    out = tmp_path / "taken.nii.gz"
+    out.write_bytes(b"user data")
+    assert main(["segment", str(ct_path), "-p", "liver", "-o", str(out)]) == 2
+    assert out.read_bytes() == b"user data"
+    assert main(["segment", str(ct_path), "-p", "liver", "-o", str(ct_path), "--overwrite"]) == 2
+    assert "input image" in capsys.readouterr().err
+
+
+def test_cancellation_leaves_no_file(ct_path, tmp_path):
+    out, report = tmp_path / "seg.nii.gz", tmp_path / "seg.json"
+    args = argparse.Namespace(image=str(ct_path), prompts=["liver"], output=str(out), json_out=str(report), model="default",
+                              device="cpu", batch_size=None, overwrite=False, quiet=True)
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(Cancelled):
+        segment_command.run(args, cancel=token)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_train_seg_refuses_to_mix_runs_without_resume(shared_data, tmp_path, medfound_home, capsys):
+    work = tmp_path / "run"
+    work.mkdir()
+    (work / "step-00000005.pt").write_bytes(b"")
+    code = main(["train-seg", str(shared_data / "totalsegmentator" / "ts_ct_sm_img.nii.gz"), "--out-name", "x", "--work-dir", str(work)])
+    assert code == 2
+    assert "--resume" in capsys.readouterr().err
