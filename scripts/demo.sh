@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up (if needed) and run the main job: text-prompted segmentation of a real abdominal CT with
-# the shipped starter model, then score it against the reference labels.
+# the shipped starter model; writes the label map and a JSON report (volume, slices, ω per prompt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh >/dev/null

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from scipy import ndimage as ndi
 
 from medfoundcore.cli import main as cli_main
@@ -16,13 +15,7 @@ from medfoundcore.io import Volume, load_volume
 from medfoundcore.metrics import dice
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: the CPU tests share a small machine (much faster than oversubscribing it)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _case(shared_data: Path, name: str) -> tuple[Volume, Volume]:

@@ -15,13 +15,7 @@ from medfoundcore.registry import list_models
 from medfoundcore.train.finetune import FinetuneConfig, finetune, load_finetuned, predict_segmentation
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: the CPU tests share a small machine (much faster than oversubscribing it)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _hippocampus(shared_data: Path, n: int) -> list:

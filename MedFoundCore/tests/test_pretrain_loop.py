@@ -15,13 +15,7 @@ from medfoundcore.train.pretrain import CropSampler, PretrainConfig, discover_vo
 TINY = dict(encoder="tiny", crop_size=16, spacing_mm=3.0, batch_size=2, lr=2e-3, warmup_steps=2, device="cpu", holdout=1, eval_crops=2)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: the CPU tests share a small machine (much faster than oversubscribing it)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data(shared_data: Path) -> list[Path]:
