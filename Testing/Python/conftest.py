@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -19,13 +18,12 @@ slicer_shim.install()
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The real sample data; missing data fails under CI (never a silent skip)."""
-    path = Path(os.environ.get("MEDFOUND_DATA", REPO.parent / "shared" / "data"))
+    """The real sample data; missing data is a failure, never a skip."""
+    from medfoundcore.data.paths import shared_data_dir
+
+    path = shared_data_dir(required=False)
     if not path.is_dir():
-        message = f"shared data not found at {path}; set MEDFOUND_DATA"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        pytest.fail(f"shared data not found at {path}; set MEDFOUND_DATA")
     return path
 
 
