@@ -54,6 +54,18 @@ def test_image_features_are_computed_once_and_shared_by_all_prompts():
     assert not torch.allclose(joint.mask_logits[:, 0], joint.mask_logits[:, 1])
 
 
+def test_prompts_share_each_images_memory_projection():
+    """The decoder's cross-attention sees each image's features once (B), not once per prompt (B*P)."""
+    model = _model()
+    images, text = _inputs(b=2, p=5)
+    memory_batches = []
+    for layer in model.decoder.layers:
+        layer.cross.register_forward_pre_hook(lambda m, args, kwargs: memory_batches.append(args[1].shape[0]), with_kwargs=True)
+    with torch.no_grad():
+        model(images, text)
+    assert memory_batches == [2] * model.decoder.num_layers
+
+
 def test_final_masks_are_gated_by_presence():
     mask_logits = torch.full((1, 2, 4, 4), 5.0)
     out = SegmenterOutput(mask_logits, torch.tensor([[3.0, -3.0]]))

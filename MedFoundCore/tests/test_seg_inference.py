@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 
 import medfoundcore
 from medfoundcore.errors import Cancelled, InputError
+from medfoundcore.inference.segment import label_map
 from medfoundcore.io import Volume, load_volume
 from medfoundcore.metrics import dice
 from medfoundcore.progress import CancelToken
@@ -85,3 +88,23 @@ def test_mismatch_warning_for_mri_structure_on_ct(shared_data):
     small = Volume(ct.array[:8], ct.spacing, ct.origin, ct.direction, ct.meta)
     result = medfoundcore.segment(small, ["grey matter"], device="cpu")
     assert any("grey matter" in w and "CT" in w for w in result.warnings)
+
+
+@pytest.mark.parametrize("native", [(512, 512), (101, 122), (130, 77)])
+def test_label_map_equals_argmax_of_fully_resized_probabilities(native):
+    """Resizing each prompt only inside its box gives exactly the full-size argmax (up- and down-sampling)."""
+    g = torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.arange(128.0), torch.arange(128.0), indexing="ij")
+    probs = torch.zeros(4, 3, 128, 128)
+    for b in range(4):
+        for p in range(3):  # overlapping soft discs, so prompts compete at their borders
+            cy, cx = (torch.rand(2, generator=g) * 128).tolist()
+            radius = 5 + 30 * float(torch.rand(1, generator=g))
+            probs[b, p] = torch.sigmoid((radius - ((yy - cy) ** 2 + (xx - cx) ** 2).sqrt()) / 3)
+    keep = torch.rand(4, 3, generator=g) > 0.2
+    resized = F.interpolate(probs, size=native, mode="bilinear", align_corners=False) * keep[..., None, None]
+    best, index = resized.max(dim=1)
+    expected = torch.where(best > 0.5, index + 1, torch.zeros_like(index)).to(torch.uint8)
+    labels = label_map(probs, keep, native)
+    assert labels.shape == (4, *native) and (expected > 0).sum() > 1000
+    assert torch.equal(labels, expected)

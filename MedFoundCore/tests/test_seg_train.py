@@ -11,7 +11,7 @@ from medfoundcore.errors import Cancelled
 from medfoundcore.progress import CancelToken
 from medfoundcore.registry import load_model
 from medfoundcore.train.checkpoint import latest_checkpoint, load_checkpoint
-from medfoundcore.train.segment import TrainConfig, train_segmenter
+from medfoundcore.train.segment import PreparedCase, SampleBuilder, TrainConfig, train_segmenter
 
 
 def _tiny(**overrides) -> TrainConfig:
@@ -65,3 +65,25 @@ def test_resume_after_interruption_continues_from_checkpoint(ct_case, tmp_path, 
     train_segmenter([ct_case], config, "resumed", tmp_path / "run", on_metrics=lambda m: resumed.append(m["step"]))
     assert resumed[0] == 11 and resumed[-1] == 20
     assert load_checkpoint(latest_checkpoint(tmp_path / "run"))["step"] == 20
+
+
+def _prepared(case_id: str, presence: dict[str, np.ndarray], region: str) -> PreparedCase:
+    k = len(next(iter(presence.values())))
+    return PreparedCase(
+        case_id=case_id, modality="CT", image=np.zeros((k, 8, 8), np.uint8), labels=np.zeros((k, 8, 8), np.uint16),
+        values={key: np.array([i + 1]) for i, key in enumerate(presence)}, presence=presence, regions={region},
+        lateral=False, group=case_id,
+    )
+
+
+def test_often_present_structures_are_shown_absent_most_often():
+    """A structure seen in most slices (liver) is the first foreign negative of a brain slice far more
+    often than a rare one, so the ISD cannot learn "liver -> present" from the text alone."""
+    abdomen = _prepared("abdomen", {"liver": np.arange(100) < 90, "gallbladder": np.arange(100) < 5}, "abdomen")
+    brain = _prepared("brain", {"grey_matter": np.ones(50, bool)}, "brain")
+    brain.foreign = ["gallbladder", "liver"]
+    builder = SampleBuilder([abdomen, brain], ["gallbladder", "grey_matter", "liver"], _tiny(augment=False))
+    rng = np.random.default_rng(0)
+    first = [builder._foreign_order(brain.foreign, rng)[-1] for _ in range(500)]
+    assert first.count("liver") > 0.85 * len(first)
+    assert sorted(builder._foreign_order(brain.foreign, rng)) == ["gallbladder", "liver"]  # every one still drawn

@@ -131,3 +131,13 @@ def test_every_shared_data_label_maps_or_is_knowingly_unmapped(vocab, shared_dat
     for label, key in expected.items():
         found = vocab.label_name_to_structure(label)
         assert (found.key if found else None) == key, label
+
+
+def test_structures_distant_from_a_field_of_view():
+    vocab = load_vocabulary()
+    for_brain = {s.key for s in vocab.distant_from({"brain"})}
+    assert {"liver", "spleen", "kidney_left", "urinary_bladder", "aorta"} <= for_brain  # thorax and below: never in a head scan
+    assert not {"mandible", "parotid_gland", "vertebrae", "grey_matter"} & for_brain  # neighbour, spanning, own
+    for_abdomen = {s.key for s in vocab.distant_from({"abdomen", "thorax"})}
+    assert {"grey_matter", "hippocampus", "brainstem"} <= for_abdomen and "mandible" not in for_abdomen
+    assert vocab.distant_from({"spine"}) == []  # a spine-only label says nothing about the field of view

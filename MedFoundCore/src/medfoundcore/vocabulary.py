@@ -35,6 +35,10 @@ __all__ = [
 ]
 
 Laterality = Literal["left", "right", "both"] | None
+
+# Body regions from head to feet. Two regions at least two steps apart never share a field of view
+# (a brain MRI shows no liver); regions not listed (spine, limb, breast) span or border several.
+_CRANIOCAUDAL = ("brain", "head-neck", "thorax", "abdomen", "pelvis")
 _SIDES = ("left", "right")
 
 
@@ -347,6 +351,17 @@ class Vocabulary:
         if found is None and "(" in name:  # "hippocampus_anterior (head)" -> "hippocampus_anterior"
             found = self.try_normalize(re.sub(r"\(.*?\)", " ", name))
         return found
+
+    def distant_from(self, regions: set[str]) -> list[Structure]:
+        """Structures that cannot be in an image covering ``regions`` (e.g. abdominal organs for a brain MRI)."""
+        steps = [_CRANIOCAUDAL.index(r) for r in regions if r in _CRANIOCAUDAL]
+        if not steps:
+            return []
+        lo, hi = min(steps), max(steps)
+        return [
+            s for s in self
+            if s.region in _CRANIOCAUDAL and (_CRANIOCAUDAL.index(s.region) <= lo - 2 or _CRANIOCAUDAL.index(s.region) >= hi + 2)
+        ]
 
     def modality_mismatch(self, structure: Structure, modality: str | None) -> str | None:
         """A warning when ``structure`` is not normally segmented on ``modality`` ("CT"/"MRI"), else None."""

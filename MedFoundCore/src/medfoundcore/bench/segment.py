@@ -167,22 +167,46 @@ def _rows(case_id: str, pred, ref, present: list[str]) -> list[dict]:
 
 
 def heldout_report(refs, model: str, structures: list[str] | None, *, use_isd: bool = True, device: str = "cpu") -> dict:
-    """Dice/HD95 per (case, structure) of ``model`` on held-out cases; all structures prompted at once."""
+    """Dice/HD95 per (case, structure) of ``model`` on held-out cases (all structures prompted at once),
+    and what it returns for structures that cannot be in the image (``absent``: should be 0 ml)."""
     from ..inference.segment import segment
     from ..registry import load_model
 
     _, card = load_model(model)
     trained = [s["key"] for s in card.structures]
     keys = [k for k in (structures or EVAL_KEYS) if k in trained]
-    rows = []
+    rows, absent = [], []
     for ref in refs:
         case = ref.load()
         gt, present = reference_map(case, keys)
-        if not present:
-            continue
-        result = segment(case.image, present, model=model, device=device, use_isd=use_isd)
-        rows += _rows(case.case_id, result.labels, gt, present)
-    return {"model": card.name, "use_isd": use_isd, "rows": rows, "summary": summarize(rows)}
+        if present:
+            result = segment(case.image, present, model=model, device=device, use_isd=use_isd)
+            rows += _rows(case.case_id, result.labels, gt, present)
+        absent += absent_rows(case, [k for k in keys if k not in present], model, device, use_isd)
+    return {"model": card.name, "use_isd": use_isd, "rows": rows, "summary": summarize(rows), "absent": absent, "absent_summary": summarize_absent(absent)}
+
+
+def absent_rows(case, keys: list[str], model: str, device: str, use_isd: bool) -> list[dict]:
+    """Volume returned for each of ``keys`` that lies in a body region distant from the case's labels
+    (liver on a brain MRI); each is prompted alone so that no other prompt can suppress it."""
+    from ..inference.segment import segment
+    from ..train.segment import structure_values
+    from ..vocabulary import load_vocabulary
+
+    vocab = load_vocabulary()
+    regions = {vocab.get(k).region for k in structure_values(case.names, vocab, None)}
+    distant = {s.key for s in vocab.distant_from(regions)}
+    out = []
+    for key in (k for k in keys if k in distant):
+        report = segment(case.image, [key], model=model, device=device, use_isd=use_isd).reports[0]
+        out.append({"case": case.case_id, "name": key, "volume_ml": report.volume_ml, "slices": report.slices_present})
+    return out
+
+
+def summarize_absent(rows: list[dict]) -> dict:
+    """How many (case, absent structure) prompts returned anything, and the largest false volumes."""
+    found = sorted((r for r in rows if r["volume_ml"] > 0), key=lambda r: -r["volume_ml"])
+    return {"n": len(rows), "n_not_empty": len(found), "worst": found[:5]}
 
 
 def summarize(rows: list[dict]) -> dict:

@@ -3,8 +3,9 @@
 Flow: prompts -> vocabulary structures -> text embeddings (once); volume -> slicing view ->
 intensity normalisation -> in-plane resize to the model's resolution -> FVE per focal slice ->
 image encoder per slice batch (features computed ONCE and shared by every prompt) -> mask decoder for
-all prompts of the batch -> ISD gating (ω > 0.5) -> slice-level NMS and argmax across prompts ->
-probabilities resized back to the slice's native size -> label map on the input grid.
+all prompts of the batch -> ISD gating (ω > 0.5) -> slice-level NMS at the model's resolution ->
+argmax across prompts of the probabilities resized back to the slice's native size (each prompt only
+inside its own box) -> label map on the input grid.
 
 Memory is bounded by processing the volume in slice batches: only the model-resolution stack
 (K × S × S float32) and the uint8 output are whole-volume arrays.
@@ -242,15 +243,85 @@ def _batch(net, cfg, padded, start, stop, text, native, device, use_isd):
     with autocast(device):
         features = net.encode_image(images)  # once per slice, shared by all prompts
         output = net.decode(features, text[None].expand(b, p, -1))
-    probs = torch.sigmoid(output.mask_logits.float())
-    omega = torch.sigmoid(output.presence_logits.float())
+    probs = torch.sigmoid(output.mask_logits.float()).cpu()  # [B, P, S, S] at the model's resolution
+    omega = torch.sigmoid(output.presence_logits.float()).cpu()
     gate = (omega > 0.5) if use_isd else torch.ones_like(omega, dtype=torch.bool)
-    probs = F.interpolate(probs, size=native, mode="bilinear", align_corners=False)
-    gate = gate & _nms(probs > 0.5, omega)
-    probs = probs * gate[..., None, None]
-    best, index = probs.max(dim=1)
-    labels = torch.where(best > 0.5, index + 1, torch.zeros_like(index)).to(torch.uint8)
-    return labels.cpu().numpy(), omega.cpu().numpy(), gate.cpu().numpy()
+    gate &= _nms((probs > 0.5) & gate[..., None, None], omega)
+    return label_map(probs, gate, native).numpy(), omega.numpy(), gate.numpy()
+
+
+@dataclass(frozen=True)
+class _Bilinear:
+    """Per-output-pixel source indices and weights of ``F.interpolate(mode="bilinear",
+    align_corners=False)`` along one axis, so that any window of the resized image can be computed alone."""
+
+    i0: np.ndarray
+    i1: np.ndarray
+    w0: torch.Tensor
+    w1: torch.Tensor
+
+    @classmethod
+    def table(cls, source: int, target: int) -> _Bilinear:
+        scale = np.float32(source / target)  # float32 arithmetic, as torch's CPU kernel
+        real = np.maximum(scale * (np.arange(target, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5), np.float32(0))
+        i0 = real.astype(np.int64)
+        w1 = (real - i0.astype(np.float32)).astype(np.float32)
+        return cls(i0, np.minimum(i0 + 1, source - 1), torch.from_numpy(1 - w1), torch.from_numpy(w1))
+
+    def window(self, first: int, last: int) -> tuple[int, int] | None:
+        """Output range whose value can depend on source rows ``first..last`` (None: none can)."""
+        hit = np.flatnonzero((self.i0 >= first - 1) & (self.i0 <= last))
+        return (int(hit[0]), int(hit[-1]) + 1) if hit.size else None
+
+
+def label_map(probs: torch.Tensor, keep: torch.Tensor, native: tuple[int, int]) -> torch.Tensor:
+    """Argmax over kept prompts of the probabilities resized to ``native`` (label j+1 where prompt j wins
+    with p > 0.5, else 0): ``[B, P, S, S] -> [B, H, W]`` uint8.
+
+    Same result as bilinearly resizing all P maps and taking the argmax, but each prompt is resized
+    only inside the box around its mask and merged into a running maximum, so an extra prompt costs
+    in proportion to the structure's size, not the slice's, and P full-size maps never exist.
+    """
+    b = probs.shape[0]
+    rows, cols = _Bilinear.table(probs.shape[-2], native[0]), _Bilinear.table(probs.shape[-1], native[1])
+    labels = torch.zeros((b, *native), dtype=torch.uint8)
+    positive = probs > 0.5
+    for i in range(b):
+        best = torch.full(native, 0.5)
+        for j in keep[i].nonzero()[:, 0].tolist():
+            box = _box(positive[i, j], rows, cols)
+            if box is None:
+                continue
+            (y0, y1), (x0, x1) = box
+            region = _resize_window(probs[i, j], rows, cols, y0, y1, x0, x1)
+            current = best[y0:y1, x0:x1]
+            wins = region > current
+            current[wins] = region[wins]
+            labels[i, y0:y1, x0:x1][wins] = j + 1
+    return labels
+
+
+def _box(mask: torch.Tensor, rows: _Bilinear, cols: _Bilinear):
+    """Output window that can exceed 0.5: pixels interpolating from at least one positive source pixel."""
+    ys = mask.any(dim=1).nonzero()[:, 0]
+    if ys.numel() == 0:
+        return None
+    xs = mask.any(dim=0).nonzero()[:, 0]
+    y, x = rows.window(int(ys[0]), int(ys[-1])), cols.window(int(xs[0]), int(xs[-1]))
+    return (y, x) if y and x else None
+
+
+def _resize_window(prob: torch.Tensor, rows: _Bilinear, cols: _Bilinear, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+    """``F.interpolate(prob, native, "bilinear")[y0:y1, x0:x1]`` (same operation order: columns, then rows)."""
+    c0, c1 = cols.i0[x0:x1], cols.i1[x0:x1]
+    cw0, cw1 = cols.w0[x0:x1], cols.w1[x0:x1]
+
+    def along_columns(source_rows: np.ndarray) -> torch.Tensor:
+        picked = prob[source_rows]
+        return picked[:, c0] * cw0 + picked[:, c1] * cw1
+
+    top, bottom = along_columns(rows.i0[y0:y1]), along_columns(rows.i1[y0:y1])
+    return top * rows.w0[y0:y1, None] + bottom * rows.w1[y0:y1, None]
 
 
 def _nms(masks: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
@@ -300,4 +371,4 @@ def _reports(prompts, structures, labels, omega, kept, volume, axis) -> list[Pro
     return out
 
 
-__all__ = ["segment", "SegmentationResult", "PromptReport", "model_slices", "prompt_text", "Cancelled"]
+__all__ = ["segment", "SegmentationResult", "PromptReport", "model_slices", "prompt_text", "label_map", "Cancelled"]

@@ -55,7 +55,13 @@ def sine_position_encoding(h: int, w: int, dim: int, device: torch.device, dtype
 
 
 class DecoderLayer(nn.Module):
-    """Cross-attention to one feature level -> self-attention among tokens -> FFN (post-norm, residual)."""
+    """Cross-attention to one feature level -> self-attention among tokens -> FFN (post-norm, residual).
+
+    ``x`` holds P prompts per image (image-major, ``[B*P, L, D]``) while ``memory`` holds each image
+    once (``[B, M, D]``). Cross-attention never mixes query tokens, so the P prompts' tokens are
+    attended as one longer sequence per image: the memory's key/value projections -- the decoder's
+    dominant cost -- are computed once per image, not once per prompt.
+    """
 
     def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float = 0.0):
         super().__init__()
@@ -65,7 +71,10 @@ class DecoderLayer(nn.Module):
         self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(3))
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor, memory: torch.Tensor, memory_pos: torch.Tensor) -> torch.Tensor:
-        x = self.norms[0](x + self.cross(x + pos, memory + memory_pos, memory, need_weights=False)[0])
+        n, length, dim = x.shape
+        grouped = (x + pos).reshape(memory.shape[0], -1, dim)  # [B, P*L, D]
+        attended = self.cross(grouped, memory + memory_pos, memory, need_weights=False)[0]
+        x = self.norms[0](x + attended.reshape(n, length, dim))
         q = x + pos
         x = self.norms[1](x + self.self_attn(q, q, x, need_weights=False)[0])
         return self.norms[2](x + self.ffn(x))
@@ -114,8 +123,12 @@ class MaskDecoder(nn.Module):
         return len(self.layers)
 
     def forward(self, multiscale: list[torch.Tensor], mask_features: torch.Tensor, text: torch.Tensor) -> DecoderOutput:
-        """multiscale: FPN maps [N, D, h_s, w_s] (strides 4..32); mask_features [N, D, h, w]; text [N, T, text_dim]."""
+        """multiscale: FPN maps [B, D, h_s, w_s] (strides 4..32); mask_features [B, D, h, w];
+        text [N, T, text_dim] with N = B * P, image-major (P prompts per image; features are not repeated)."""
         n, t = text.shape[:2]
+        b = mask_features.shape[0]
+        if n % b:
+            raise ValueError(f"{n} prompt rows cannot be split evenly over {b} images")
         memories = []
         for level, idx in enumerate(_SCALE_ORDER):
             f = multiscale[idx]
@@ -133,20 +146,29 @@ class MaskDecoder(nn.Module):
             states.append((x[:, t:], x[:, :t]))
         x = self.norm(x)
         text_out, query_out = x[:, :t].mean(dim=1), x[:, t:]
-        if self.text_film is not None:
-            gamma, beta = self.text_film(text_tokens.mean(dim=1)).chunk(2, dim=-1)
-            mask_features = mask_features * (1 + gamma[..., None, None]) + beta[..., None, None]
+        film = self.text_film(text_tokens.mean(dim=1)).chunk(2, dim=-1) if self.text_film is not None else None
         e = self.edge_queries
-        mask_logits = self._predict(query_out[:, e:], text_out, self.mask_embed, mask_features)
-        edge_logits = self._predict(query_out[:, :e], text_out, self.edge_embed, mask_features) if e else None
+        mask_logits = self._predict(query_out[:, e:], text_out, self.mask_embed, mask_features, film)
+        edge_logits = self._predict(query_out[:, :e], text_out, self.edge_embed, mask_features, film) if e else None
         return DecoderOutput(mask_logits, edge_logits, states)
 
-    def _predict(self, queries: torch.Tensor, text: torch.Tensor, head: nn.Module, mask_features: torch.Tensor) -> torch.Tensor:
+    def _predict(self, queries, text, head: nn.Module, mask_features: torch.Tensor, film) -> torch.Tensor:
+        """Mask logits [N, h, w] = embedding · FiLM(mask features), without materialising N feature maps.
+
+        FiLM scales/shifts the features per prompt: e · (f ⊙ (1 + γ) + β) = (e ⊙ (1 + γ)) · f + e · β.
+        """
         weights = torch.softmax(torch.einsum("nqd,nd->nq", queries, text) / math.sqrt(self.dim), dim=1)
         embedding = torch.einsum("nq,nqd->nd", weights, head(queries))
-        if self.text_film is not None:  # the grounded text token is a mask query of its own (SEEM-style)
+        offset = torch.zeros_like(embedding[:, 0])
+        if film is not None:  # the grounded text token is a mask query of its own (SEEM-style)
             embedding = embedding + head(text)
-        return torch.einsum("nd,ndhw->nhw", embedding, mask_features)
+            gamma, beta = film
+            offset = (embedding * beta).sum(-1)
+            embedding = embedding * (1 + gamma)
+        b = mask_features.shape[0]
+        per_image = embedding.reshape(b, -1, embedding.shape[-1])
+        logits = torch.einsum("bpd,bdhw->bphw", per_image, mask_features)
+        return logits.flatten(0, 1) + offset[:, None, None]
 
 
 def _mlp(dim: int) -> nn.Sequential:

@@ -102,11 +102,6 @@ class ImageFeatures:
     def batch_size(self) -> int:
         return self.mask_features.shape[0]
 
-    def repeat_interleave(self, repeats: int) -> ImageFeatures:
-        """Each image's features ``repeats`` times in a row (image-major), to pair with P prompts."""
-        rep = lambda t: t.repeat_interleave(repeats, dim=0)  # noqa: E731
-        return ImageFeatures([rep(f) for f in self.multiscale], rep(self.mask_features), self.image_size, self.padded_size)
-
     def select(self, index: torch.Tensor | slice) -> ImageFeatures:
         """A subset of images (e.g. to decode only slices that passed a cheap test)."""
         return ImageFeatures([f[index] for f in self.multiscale], self.mask_features[index], self.image_size, self.padded_size)
@@ -195,8 +190,7 @@ class PromptedSegmenter(nn.Module):
                 f"text embeddings must be [B={b}, P, {self.config.text_dim}]; got {tuple(text.shape)}"
             )
         p = text.shape[1]
-        paired = features.repeat_interleave(p) if p > 1 else features
-        out = self.decoder(paired.multiscale, paired.mask_features, text.reshape(b * p, *text.shape[2:]))
+        out = self.decoder(features.multiscale, features.mask_features, text.reshape(b * p, *text.shape[2:]))
         masks = self._to_input_size(out.mask_logits, features)
         edges = self._to_input_size(out.edge_logits, features) if out.edge_logits is not None else None
         if self.isd is not None:

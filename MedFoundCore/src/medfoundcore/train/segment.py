@@ -178,6 +178,7 @@ class SampleBuilder:
         self.cases, self.config = cases, config
         self.index = {k: i for i, k in enumerate(keys)}
         self.weights = _case_weights(cases)
+        self.prevalence = structure_prevalence(cases, self.weights)
         self.augment = SliceAugment(config.image_size) if config.augment else None
         self.half = context_half(config.fve_k)
 
@@ -217,13 +218,32 @@ class SampleBuilder:
         absent = [k for k in case.keys if not case.presence[k][focal]]
         chosen = list(rng.permutation(positives)[: max(1, (p + 1) // 2)]) if positives else []
         pool_local = list(rng.permutation(absent))
-        pool_foreign = list(rng.permutation(case.foreign))
+        pool_foreign = self._foreign_order(case.foreign, rng)
         while len(chosen) < p and (pool_local or pool_foreign):
             take_foreign = pool_foreign and (not pool_local or rng.random() < 0.5)
             chosen.append((pool_foreign if take_foreign else pool_local).pop())
         while len(chosen) < p:  # tiny vocabularies: repeat what we have
             chosen.append(chosen[int(rng.integers(len(chosen)))])
         return [str(k) for k in chosen]
+
+    def _foreign_order(self, foreign: list[str], rng: np.random.Generator) -> list[str]:
+        """Foreign structures in a random order that puts the most often *present* ones first (popped
+        from the end), so a structure seen in many slices is also the one most often shown absent.
+        Uniform sampling lets the ISD learn a text prior ("liver" -> present) instead of looking."""
+        if not foreign:
+            return []
+        p = np.array([self.prevalence.get(k, 0.0) for k in foreign]) + 1e-3
+        order = rng.choice(len(foreign), size=len(foreign), replace=False, p=p / p.sum())
+        return [foreign[i] for i in order[::-1]]
+
+
+def structure_prevalence(cases: list[PreparedCase], weights: np.ndarray) -> dict[str, float]:
+    """Probability that a sampled slice shows each structure (case sampling weight x slice fraction)."""
+    out: dict[str, float] = {}
+    for case, w in zip(cases, weights):
+        for key, present in case.presence.items():
+            out[key] = out.get(key, 0.0) + float(w) * float(present.mean())
+    return out
 
 
 def _case_weights(cases: list[PreparedCase]) -> np.ndarray:
