@@ -28,7 +28,7 @@ def test_segment_writes_labels_and_report(ct_path, tmp_path, capsys):
     assert labels.shape == image.shape and np.allclose(labels.affine_ras, image.affine_ras)
     data = json.loads(report.read_text())
     assert [p["structure_key"] for p in data["prompts"]] == ["liver", "grey_matter"]
-    assert data["prompts"][0]["found"] and data["model"] == "starter-v1"
+    assert data["prompts"][0]["found"] and data["model"] == "starter-v2"
     assert any("grey matter" in w for w in data["warnings"])  # MRI structure prompted on CT
     assert "warning" in capsys.readouterr().err
 

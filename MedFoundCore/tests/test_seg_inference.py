@@ -22,7 +22,7 @@ def test_starter_model_card_is_complete():
     required = {"liver", "spleen", "kidney_left", "kidney_right", "pancreas", "stomach", "gallbladder", "aorta",
                 "inferior_vena_cava", "vertebrae", "spinal_cord", "grey_matter", "white_matter"}
     assert required <= keys
-    assert card.kind == "prompted-segmenter" and card.name == "starter-v1"
+    assert card.kind == "prompted-segmenter" and card.name == "starter-v2"
     assert card.preprocessing["ct_window"] == "soft_tissue"
     assert card.training_data["cases"] and card.metrics
 

@@ -19,10 +19,10 @@ from . import nodes
 
 CASE = "totalsegmentator/ts_ct_sm"  # real abdominal CT, 122x101x30 at 3 mm, TotalSegmentator labels
 SEGMENT_PROMPTS = ("liver", "spleen")
-# Lowest Dice accepted against the reference labels. starter-v1 measured liver 0.855 on this case
-# (docs/slicer.md); spleen is not required: starter-v1 may reject it ("not found"), which is then
-# checked to produce no segment.
-MIN_DICE = {"liver": 0.75}
+# Lowest Dice accepted against the reference labels. starter-v2 measured liver 0.923 and spleen 0.894
+# on this case through the Logic (docs/slicer.md); the case is a crop of a training patient, so this
+# checks the plumbing (right segment, right grid), not generalisation.
+MIN_DICE = {"liver": 0.8, "spleen": 0.75}
 TRAIN_STEPS = 4
 
 

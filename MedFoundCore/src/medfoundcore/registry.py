@@ -28,7 +28,7 @@ WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "card.json"
 PACKAGED_DIR = Path(__file__).parent / "weights"
 #: Friendly names resolved to concrete models.
-ALIASES = {"default": "starter-v1", "encoder-default": "encoder-v1"}
+ALIASES = {"default": "starter-v2", "encoder-default": "encoder-v1"}
 
 
 @dataclass

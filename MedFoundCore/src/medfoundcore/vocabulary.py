@@ -39,6 +39,13 @@ Laterality = Literal["left", "right", "both"] | None
 # Body regions from head to feet. Two regions at least two steps apart never share a field of view
 # (a brain MRI shows no liver); regions not listed (spine, limb, breast) span or border several.
 _CRANIOCAUDAL = ("brain", "head-neck", "thorax", "abdomen", "pelvis")
+
+
+def _region_steps(a: str, b: str) -> int | None:
+    """How many regions apart ``a`` and ``b`` are from head to feet (None: one of them is not ordered)."""
+    if a not in _CRANIOCAUDAL or b not in _CRANIOCAUDAL:
+        return None
+    return abs(_CRANIOCAUDAL.index(a) - _CRANIOCAUDAL.index(b))
 _SIDES = ("left", "right")
 
 
@@ -354,14 +361,9 @@ class Vocabulary:
 
     def distant_from(self, regions: set[str]) -> list[Structure]:
         """Structures that cannot be in an image covering ``regions`` (e.g. abdominal organs for a brain MRI)."""
-        steps = [_CRANIOCAUDAL.index(r) for r in regions if r in _CRANIOCAUDAL]
-        if not steps:
+        if not any(r in _CRANIOCAUDAL for r in regions):
             return []
-        lo, hi = min(steps), max(steps)
-        return [
-            s for s in self
-            if s.region in _CRANIOCAUDAL and (_CRANIOCAUDAL.index(s.region) <= lo - 2 or _CRANIOCAUDAL.index(s.region) >= hi + 2)
-        ]
+        return [s for s in self if all((_region_steps(s.region, r) or 0) >= 2 for r in regions if r in _CRANIOCAUDAL)]
 
     def modality_mismatch(self, structure: Structure, modality: str | None) -> str | None:
         """A warning when ``structure`` is not normally segmented on ``modality`` ("CT"/"MRI"), else None."""

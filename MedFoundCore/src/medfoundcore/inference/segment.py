@@ -170,10 +170,11 @@ def segment(
     check(cancel)
     native = tuple(n for a, n in enumerate(volume.shape) if a != axis)  # slice size in the view
     labels, omega, kept = _run(net, cfg, stack, text, native, dev, batch_size, use_isd, progress, cancel)
+    counts = np.stack([np.bincount(plane.ravel(), minlength=len(structures) + 1) for plane in labels])
     labels = np.ascontiguousarray(np.moveaxis(labels, 0, axis))
     result = volume.with_array(labels)
     result.meta = {**volume.meta, "modality": "label", "prompts": list(prompts)}
-    reports = _reports(prompts, structures, labels, omega, kept, volume, axis)
+    reports = _reports(prompts, structures, counts, omega, kept, volume)
     return SegmentationResult(result, reports, warnings, card.name)
 
 
@@ -294,10 +295,10 @@ def label_map(probs: torch.Tensor, keep: torch.Tensor, native: tuple[int, int]) 
                 continue
             (y0, y1), (x0, x1) = box
             region = _resize_window(probs[i, j], rows, cols, y0, y1, x0, x1)
-            current = best[y0:y1, x0:x1]
+            current, winner = best[y0:y1, x0:x1], labels[i, y0:y1, x0:x1]
             wins = region > current
-            current[wins] = region[wins]
-            labels[i, y0:y1, x0:x1][wins] = j + 1
+            current.copy_(torch.where(wins, region, current))
+            winner.masked_fill_(wins, j + 1)
     return labels
 
 
@@ -346,13 +347,12 @@ def _nms(masks: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------ reports
-def _reports(prompts, structures, labels, omega, kept, volume, axis) -> list[PromptReport]:
-    other = tuple(a for a in range(3) if a != axis)
+def _reports(prompts, structures, counts, omega, kept, volume) -> list[PromptReport]:
+    """One report per prompt from ``counts`` [slice, label] (voxels of each label in each slice)."""
     out = []
     for i, (prompt, s) in enumerate(zip(prompts, structures)):
-        voxels = labels == i + 1
-        count = int(voxels.sum())
-        per_slice = voxels.any(axis=other)
+        count = int(counts[:, i + 1].sum())
+        per_slice = counts[:, i + 1] > 0
         found_slices = kept[:, i] & per_slice
         mean = float(omega[found_slices, i].mean()) if found_slices.any() else 0.0
         out.append(
