@@ -6,11 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from medfoundcore.errors import InputError
 from medfoundcore.io import Volume, load_volume
 from medfoundcore.preprocess import (
     CT_WINDOWS,
+    content_mask,
     detect_modality,
     normalize_intensity,
     parse_modality,
@@ -90,3 +92,37 @@ def test_view_selection_rule() -> None:
     assert select_view(shape) in (1, 2)
     assert training_views((100, 100, 100), (1.0, 1.0, 1.05)) == [0, 1, 2]
     assert training_views((100, 100, 100), (1.0, 1.0, 3.0)) == [0]
+
+
+def test_content_is_the_body_not_the_padding(shared_data: Path) -> None:
+    from medfoundcore.inference.segment import model_slices
+
+    ct = load_volume(shared_data / "openkbp" / "test_pt_243_img.nii.gz")  # head-and-neck CT, zero-padded above the head
+    labels = load_volume(shared_data / "openkbp" / "test_pt_243_lab.nii.gz", label=True).array
+    content = content_mask(model_slices(ct.array, 0, "CT", 128))
+    padding = np.flatnonzero((ct.array == ct.array.min()).all(axis=(1, 2)))
+    assert padding.size > 10 and not content[padding].any()
+    structures = model_slices(labels, 0, None, 128, label=True) > 0
+    assert content[structures].all()  # every labelled voxel, the masked-out slices' spinal cord included
+    assert content.mean() < 0.2  # ... yet most of this image is air
+
+
+def test_lungs_inside_the_body_are_content(shared_data: Path) -> None:
+    from medfoundcore.inference.segment import model_slices
+
+    ct = load_volume(shared_data / "totalsegmentator" / "ts_ct_full_img.nii.gz")
+    stack = model_slices(ct.array, 0, "CT", 128)  # soft-tissue window: lung is as black as air
+    lung = model_slices((ct.array < -500).astype(np.uint8), 0, None, 128, label=True) > 0
+    body = content_mask(stack, margin=0)
+    inside = lung & ndimage.binary_erosion(body, iterations=1)
+    assert inside.sum() > 1000  # lung voxels (black) counted as content: they lie inside the body outline
+    assert not content_mask(stack)[:, -2:, :].any()  # while the air behind the body (last rows) is not
+
+
+def test_a_tiny_speck_makes_no_content() -> None:
+    stack = np.zeros((3, 128, 128), np.float32)
+    stack[1, :10, :10] = 200  # 100 pixels = 0.6 % of the slice
+    stack[2, 0, :10] = 200  # 10 pixels: a speck on padding
+    assert content_mask(stack).any(axis=(1, 2)).tolist() == [False, True, False]
+    grown = content_mask(stack, margin=2)[1]
+    assert grown[:12, :10].all() and grown[:10, :12].all() and not grown[12:, :].any() and not grown[:, 12:].any()

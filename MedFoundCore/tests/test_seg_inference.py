@@ -50,6 +50,15 @@ def test_isd_gates_an_absent_structure(shared_data):
     assert not gated.reports[0].found and (gated.labels.array == 0).all()  # ... the ISD removes every slice
 
 
+def test_blank_slices_stay_empty(shared_data):
+    """Without the blank-slice rule the starter model drew the same 1 787-pixel "liver" on every empty slice."""
+    mri = load_volume(shared_data / "colin27_mricron" / "colin27_ch2_img.nii.gz")  # held-out brain MRI
+    padded = np.concatenate([mri.array, np.zeros((12, *mri.shape[1:]), mri.array.dtype)], axis=0)
+    raw = medfoundcore.segment(Volume(padded, mri.spacing, mri.origin, mri.direction), ["liver"], device="cpu", use_isd=False)
+    assert (raw.labels.array[-12:] == 0).all()
+    assert raw.reports[0].found  # the raw masks do fire inside the head: only the empty slices are ruled out
+
+
 def test_mri_geometry_and_reports(shared_data):
     mri = load_volume(shared_data / "totalsegmentator" / "ts_mr_sm_img.nii.gz")
     result = medfoundcore.segment(mri, ["liver", "right kidney"], device="cpu")

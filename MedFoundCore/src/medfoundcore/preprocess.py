@@ -10,6 +10,7 @@ from typing import Literal
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 from .errors import InputError
 from .io import Volume
@@ -24,6 +25,13 @@ CT_WINDOWS: dict[str, tuple[float, float]] = {
     "bone": (1800.0, 400.0),
 }
 MRI_PERCENTILES = (0.5, 99.5)
+#: What the model sees as "something": normalised intensity above this (of 255). CT padding and air
+#: (and lung, in the soft-tissue window) are 0; so are an MRI's empty corners after percentile clipping.
+CONTENT_LEVEL = 4.0
+#: A slice is blank when less than this fraction of it is content (0.1 % = 16 pixels at 128²).
+BLANK_FRACTION = 0.001
+#: Predicted masks may reach this many model pixels beyond the (hole-filled) content.
+CONTENT_MARGIN = 3
 MODALITY_ALIASES = {"CT": "CT", "MR": "MRI", "MRI": "MRI", "PT": None}
 
 
@@ -76,6 +84,27 @@ def normalize_intensity(array: np.ndarray, modality: Modality, window: str = "so
     if array.size and array.min() >= 0 and array.max() <= 255 and np.issubdtype(array.dtype, np.integer):
         return array.astype(np.float32)
     return clip_percentiles(array)
+
+
+def content_mask(
+    stack: np.ndarray, level: float = CONTENT_LEVEL, margin: int = CONTENT_MARGIN, blank: float = BLANK_FRACTION
+) -> np.ndarray:
+    """Where anatomy can be in a normalised ``(N, H, W)`` stack: ``bool (N, H, W)``.
+
+    Content is intensity above ``level``; holes are filled (lungs and bowel gas inside the body) and the
+    region grown by ``margin`` pixels; a slice with less than ``blank`` of its area as content has none.
+    A 2D model still answers on padding and air with its prior (the starter model drew the same
+    1 787-pixel "liver" on every empty slice above a head), but nothing a scan can show lies there.
+    """
+    out = np.zeros(stack.shape, dtype=bool)
+    grow = ndimage.generate_binary_structure(2, 1)
+    for i, plane in enumerate(stack):
+        seen = plane > level
+        if seen.mean() < blank:
+            continue
+        filled = ndimage.binary_fill_holes(seen)
+        out[i] = ndimage.binary_dilation(filled, grow, iterations=margin) if margin else filled
+    return out
 
 
 def _interpolator(label: bool) -> int:

@@ -204,9 +204,10 @@ def absent_rows(case, keys: list[str], model: str, device: str, use_isd: bool) -
 
 
 def summarize_absent(rows: list[dict]) -> dict:
-    """How many (case, absent structure) prompts returned anything, and the largest false volumes."""
+    """How many (case, absent structure) prompts returned anything, their total and largest false volumes."""
     found = sorted((r for r in rows if r["volume_ml"] > 0), key=lambda r: -r["volume_ml"])
-    return {"n": len(rows), "n_not_empty": len(found), "worst": found[:5]}
+    total = round(sum(r["volume_ml"] for r in found), 1)
+    return {"n": len(rows), "n_not_empty": len(found), "total_ml": total, "worst": found[:5]}
 
 
 def summarize(rows: list[dict]) -> dict:

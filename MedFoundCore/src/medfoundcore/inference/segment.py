@@ -3,7 +3,8 @@
 Flow: prompts -> vocabulary structures -> text embeddings (once); volume -> slicing view ->
 intensity normalisation -> in-plane resize to the model's resolution -> FVE per focal slice ->
 image encoder per slice batch (features computed ONCE and shared by every prompt) -> mask decoder for
-all prompts of the batch -> ISD gating (ω > 0.5) -> slice-level NMS at the model's resolution ->
+all prompts of the batch -> ISD gating (ω > 0.5) -> masks confined to the image's content (no padding
+or air) -> slice-level NMS at the model's resolution ->
 argmax across prompts of the probabilities resized back to the slice's native size (each prompt only
 inside its own box) -> label map on the input grid.
 
@@ -26,7 +27,7 @@ from .. import fve
 from ..device import autocast, resolve_device
 from ..errors import Cancelled, InputError
 from ..io import Volume
-from ..preprocess import detect_modality, normalize_intensity, select_view
+from ..preprocess import content_mask, detect_modality, normalize_intensity, select_view
 from ..progress import CancelToken, ProgressCallback, check, report
 
 PREPROCESSING_VERSION = 1
@@ -145,6 +146,7 @@ def segment(
 
     Raises InputError for an empty/unknown prompt (listing the nearest known names) and Cancelled when
     ``cancel`` fires (nothing is returned or written). ``use_isd=False`` keeps raw masks (ablation).
+    Masks are confined to where the image has content (``preprocess.content_mask``: not padding or air).
     """
     from ..vocabulary import load_vocabulary
 
@@ -169,7 +171,8 @@ def segment(
     stack = model_slices(volume.array, axis, modality, cfg.image_size, window)
     check(cancel)
     native = tuple(n for a, n in enumerate(volume.shape) if a != axis)  # slice size in the view
-    labels, omega, kept = _run(net, cfg, stack, text, native, dev, batch_size, use_isd, progress, cancel)
+    content = content_mask(stack)
+    labels, omega, kept = _run(net, cfg, stack, content, text, native, dev, batch_size, use_isd, progress, cancel)
     counts = np.stack([np.bincount(plane.ravel(), minlength=len(structures) + 1) for plane in labels])
     labels = np.ascontiguousarray(np.moveaxis(labels, 0, axis))
     result = volume.with_array(labels)
@@ -188,8 +191,11 @@ def _unknown_to_model(structures, card) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ batched inference
-def _run(net, cfg, stack, text, native, device, batch_size, use_isd, progress, cancel):
-    """Model over all slices in batches; halves the batch on out-of-memory and retries."""
+def _run(net, cfg, stack, content, text, native, device, batch_size, use_isd, progress, cancel):
+    """Model over all slices in batches; halves the batch on out-of-memory and retries.
+
+    ``content`` (bool, like ``stack``) is where masks may be: outside it nothing is kept, whatever ω says.
+    """
     n = stack.shape[0]
     batch = batch_size or (32 if device.type == "cuda" else 8)
     labels = np.zeros((n, *native), dtype=np.uint8)
@@ -202,7 +208,7 @@ def _run(net, cfg, stack, text, native, device, batch_size, use_isd, progress, c
         check(cancel)
         stop = min(n, start + batch)
         try:
-            out = _batch(net, cfg, padded, start, stop, text, native, device, use_isd)
+            out = _batch(net, cfg, padded, start, stop, text, native, device, use_isd, content[start:stop])
         except (torch.OutOfMemoryError, MemoryError, RuntimeError) as error:
             if isinstance(error, RuntimeError) and "out of memory" not in str(error).lower():
                 raise
@@ -237,7 +243,7 @@ def fve_images(stack: np.ndarray, start: int, stop: int, k: int) -> np.ndarray:
 
 
 @torch.inference_mode()
-def _batch(net, cfg, padded, start, stop, text, native, device, use_isd):
+def _batch(net, cfg, padded, start, stop, text, native, device, use_isd, content):
     images = fve_images(padded, start, stop, cfg.fve_k)[..., : cfg.image_size, : cfg.image_size]
     images = torch.from_numpy(np.ascontiguousarray(images)).to(device)
     b, p = images.shape[0], text.shape[0]
@@ -245,6 +251,7 @@ def _batch(net, cfg, padded, start, stop, text, native, device, use_isd):
         features = net.encode_image(images)  # once per slice, shared by all prompts
         output = net.decode(features, text[None].expand(b, p, -1))
     probs = torch.sigmoid(output.mask_logits.float()).cpu()  # [B, P, S, S] at the model's resolution
+    probs *= torch.from_numpy(content)[:, None]
     omega = torch.sigmoid(output.presence_logits.float()).cpu()
     gate = (omega > 0.5) if use_isd else torch.ones_like(omega, dtype=torch.bool)
     gate &= _nms((probs > 0.5) & gate[..., None, None], omega)
