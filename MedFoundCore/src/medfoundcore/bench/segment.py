@@ -1,9 +1,10 @@
 """Text-prompted segmentation: speed/memory (default), held-out quality (``--heldout``) and a 3D baseline.
 
 ``medfound bench segment``: one prompt on a 512×512×200 CT, end-to-end seconds, extra-prompt overhead,
-peak RSS. ``--heldout CASE...``: per-structure Dice/HD95 of a model on held-out cases (``metrics.evaluate``).
-``--baseline CASE...``: train a MONAI 3D UNet on the given training cases within ``--minutes`` of
-wall time and evaluate it on the same ``--heldout`` cases, for a like-for-like comparison.
+peak RSS. ``--heldout CASE...`` (also ``medfound evaluate --heldout``): per-structure Dice/HD95 of a
+model on held-out cases (``metrics.evaluate``). ``--baseline CASE...``: in the same run, also train a
+MONAI 3D UNet on the given training cases within ``--minutes`` of wall time, evaluate it on the same
+cases and structures, and report both side by side.
 
 The test volume is a real abdominal CT from the shared data (TotalSegmentator example, 3 mm)
 resampled up to the requested grid over the same field of view, so that the anatomy is real and the
@@ -95,12 +96,7 @@ def _in_fresh_process(*args) -> dict:
 
 def run(args: argparse.Namespace) -> dict:
     if args.heldout:
-        from ..data.datasets import find_cases
-
-        refs = find_cases(args.heldout)
-        if args.baseline:
-            return baseline_report(find_cases(args.baseline), refs, args.structures or list(EVAL_KEYS), args.minutes)
-        return heldout_report(refs, args.model, args.structures, use_isd=not args.no_isd, device=args.device)
+        return quality_report(args)
     return speed_report(args)
 
 
@@ -166,6 +162,56 @@ def _rows(case_id: str, pred, ref, present: list[str]) -> list[dict]:
     return [{"case": case_id, **r} for r in rows]
 
 
+def quality_report(args: argparse.Namespace) -> dict:
+    """``--heldout`` (with optional ``--baseline``) as one report: the model's held-out evaluation, and
+    with a baseline both models' results and a side-by-side comparison on the same (case, structure) pairs."""
+    from ..data.datasets import find_cases
+
+    refs = find_cases(args.heldout)
+    report = heldout_report(refs, args.model, args.structures, use_isd=not args.no_isd, device=args.device)
+    if not args.baseline:
+        return report
+    keys = evaluated_keys(args.model, args.structures)
+    baseline = baseline_report(find_cases(args.baseline), refs, keys, args.minutes)
+    return {"model": report, "baseline": baseline, "comparison": compare(report["rows"], baseline["rows"])}
+
+
+def evaluated_keys(model: str, structures: list[str] | None) -> list[str]:
+    """The structures a held-out evaluation scores: those asked for (default EVAL_KEYS) that ``model`` knows."""
+    from ..registry import load_model
+
+    _, card = load_model(model)
+    trained = {s["key"] for s in card.structures}
+    return [k for k in (structures or EVAL_KEYS) if k in trained]
+
+
+def compare(model_rows: list[dict], baseline_rows: list[dict]) -> dict:
+    """Per structure and overall: mean Dice (and median HD95) of both models on the pairs both scored."""
+    ours = {(r["case"], r["name"]): r for r in model_rows}
+    theirs = {(r["case"], r["name"]): r for r in baseline_rows}
+    shared = sorted(ours.keys() & theirs.keys())
+    return {"pairs": len(shared), "model": summarize([ours[k] for k in shared]), "baseline": summarize([theirs[k] for k in shared])}
+
+
+def format_quality(report: dict) -> str:
+    """:func:`quality_report`'s result as Markdown: Dice/HD95 per structure (beside the baseline's when
+    there is one) and the absent-structure line."""
+    with_baseline = "comparison" in report
+    model = report["model"] if with_baseline else report
+    columns = [report["comparison"]["model"], report["comparison"]["baseline"]] if with_baseline else [model["summary"]]
+    header = "| structure | cases | model Dice | model HD95 (mm) |" + (" baseline Dice | baseline HD95 (mm) |" if with_baseline else "")
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for name in (k for k in columns[0] if k != "mean_dice"):
+        cells = " | ".join(f"{c[name]['dice']:.3f} | {c[name]['hd95_mm'] if c[name]['hd95_mm'] is not None else '—'}" for c in columns)
+        lines.append(f"| {name} | {columns[0][name]['n']} | {cells} |")
+    if columns[0]["mean_dice"] is not None:
+        means = " | ".join(f"**{c['mean_dice']:.3f}** |" for c in columns)
+        lines.append(f"| **mean** | | {means} |")
+    absent = model["absent_summary"]
+    lines.append(f"\nabsent structures prompted alone: {absent['n_not_empty']} of {absent['n']} returned something ({absent['total_ml']} ml in total)")
+    return "\n".join(lines)
+
+
 def heldout_report(refs, model: str, structures: list[str] | None, *, use_isd: bool = True, device: str = "cpu") -> dict:
     """Dice/HD95 per (case, structure) of ``model`` on held-out cases (all structures prompted at once),
     and what it returns for structures that cannot be in the image (``absent``: should be 0 ml)."""
@@ -173,8 +219,7 @@ def heldout_report(refs, model: str, structures: list[str] | None, *, use_isd: b
     from ..registry import load_model
 
     _, card = load_model(model)
-    trained = [s["key"] for s in card.structures]
-    keys = [k for k in (structures or EVAL_KEYS) if k in trained]
+    keys = evaluated_keys(model, structures)
     rows, absent = [], []
     for ref in refs:
         case = ref.load()
@@ -288,6 +333,10 @@ def train_baseline(train_refs, keys: list[str], minutes: float):
 
     data = [_baseline_volume(r.load(), keys) for r in train_refs]
     data = [d for d in data if len(d[2]) > 1]
+    if not data:
+        from ..errors import InputError
+
+        raise InputError(f"no baseline training case has labels for any of: {', '.join(keys)}")
     net = UNet(3, 1, len(keys) + 1, channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=1)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
     rng = np.random.default_rng(0)
