@@ -87,3 +87,12 @@ def test_often_present_structures_are_shown_absent_most_often():
     first = [builder._foreign_order(brain.foreign, rng)[-1] for _ in range(500)]
     assert first.count("liver") > 0.85 * len(first)
     assert sorted(builder._foreign_order(brain.foreign, rng)) == ["gallbladder", "liver"]  # every one still drawn
+
+
+def test_fine_tuning_keeps_the_base_fve_order_unless_asked(ct_case, tmp_path, medfound_home):
+    base = train_segmenter([ct_case], _tiny(steps=2), "base-k1", tmp_path / "base")
+    kept = train_segmenter([ct_case], _tiny(steps=2, fve_k=None, base_model=str(base)), "kept", tmp_path / "kept")
+    changed = train_segmenter([ct_case], _tiny(steps=2, fve_k=3, base_model=str(base)), "k3", tmp_path / "k3")
+    assert load_model(kept)[1].config["model"]["fve_k"] == 1
+    assert load_model(changed)[1].config["model"]["fve_k"] == 3  # was silently the base's k = 1 before
+    assert load_model(changed)[1].preprocessing["fve_k"] == 3

@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--base-model", default=None, help="fine-tune this model ('default' = the starter model)")
     parser.add_argument("--preset", default=d.preset, choices=["tiny", "small", "base", "large"], help="model size (tiny trains on a CPU; large is for GPUs)")
     parser.add_argument("--image-size", type=int, default=d.image_size)
-    parser.add_argument("--fve-k", type=int, default=d.fve_k, help="FVE order k (0 = no FVE: the focal slice in all three channels)")
+    parser.add_argument("--fve-k", type=int, default=d.fve_k, help="FVE order k (0 = no FVE: the focal slice in all three channels); default 1, or the base model's when fine-tuning")
     parser.add_argument("--steps", type=int, default=d.steps)
     parser.add_argument("--epochs", type=float, default=None, help="overrides --steps (one epoch = every slice once)")
     parser.add_argument("--lr", type=float, default=d.lr)

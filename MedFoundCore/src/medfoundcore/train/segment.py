@@ -41,7 +41,7 @@ class TrainConfig:
 
     preset: str = "tiny"
     image_size: int = 128
-    fve_k: int = 1
+    fve_k: int | None = None  # FVE order; None: 1 from scratch, the base model's when fine-tuning
     use_isd: bool = True
     isd_stop_gradient: bool = True
     steps: int = 1000
@@ -283,11 +283,13 @@ def _build_model(config: TrainConfig):
         model_cfg = SegmenterConfig.from_dict(card.config["model"] if "model" in card.config else card.config)
         model = build_segmenter(model_cfg)
         model.load_state_dict(state)
+        if config.fve_k is not None:  # k changes only how slices are packed into the 3 input channels
+            model_cfg = replace(model_cfg, fve_k=config.fve_k)
         return model, model_cfg, card
     model_cfg = SegmenterConfig(
         preset=config.preset,
         image_size=config.image_size,
-        fve_k=config.fve_k,
+        fve_k=1 if config.fve_k is None else config.fve_k,
         use_isd=config.use_isd,
         isd_stop_gradient=config.isd_stop_gradient,
     )
