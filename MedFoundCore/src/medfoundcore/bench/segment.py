@@ -35,11 +35,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--data", default=None, help="shared data folder (default: medfoundcore.data.paths)")
-    parser.add_argument("--heldout", nargs="+", help="evaluate quality on these *_img.nii.gz cases instead of timing")
+    add_heldout_arguments(parser)
+
+
+def add_heldout_arguments(parser) -> None:
+    """The held-out quality options, shared by ``medfound bench segment`` and ``medfound evaluate``."""
+    parser.add_argument("--heldout", nargs="+", help="score the model on these labelled *_img.nii.gz cases (or dataset folders)")
     parser.add_argument("--no-isd", action="store_true", help="with --heldout: keep raw masks (ISD ablation)")
-    parser.add_argument("--baseline", nargs="+", help="with --heldout: train a MONAI 3D UNet on these cases and evaluate it")
-    parser.add_argument("--minutes", type=float, default=28.0, help="baseline training budget (wall clock)")
-    parser.add_argument("--structures", nargs="+", default=None, help="structure keys to evaluate (default: the model's)")
+    parser.add_argument("--baseline", nargs="+", help="with --heldout: also train a MONAI 3D UNet on these cases and score it the same way")
+    parser.add_argument("--minutes", type=float, default=28.0, help="the baseline's training budget, wall clock (default %(default)s)")
+    parser.add_argument("--structures", nargs="+", default=None, help="structure keys to score (default: common organs the model knows)")
 
 
 def test_volume(data_dir: Path, size: int, slices: int):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..bench.segment import add_heldout_arguments
 from ..errors import InputError
 from ..io import atomic_path, load_volume
 from ..metrics import DEFAULT_TOLERANCE_MM, evaluate, format_table, read_label_names
@@ -25,13 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE_MM, help="surface Dice tolerance in mm (default %(default)s)")
     parser.add_argument("--json", dest="json_out", help="also write the result as JSON to this file")
     held = parser.add_argument_group("a model on held-out cases")
-    held.add_argument("--heldout", nargs="+", help="*_img.nii.gz cases (or dataset folders) with labels")
     held.add_argument("--model", default="default", help="text-prompted model (default: the starter model)")
-    held.add_argument("--structures", nargs="+", default=None, help="structure keys to score (default: common organs the model knows)")
-    held.add_argument("--no-isd", action="store_true", help="keep raw masks (ISD ablation)")
     held.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
-    held.add_argument("--baseline", nargs="+", help="also train a MONAI 3D UNet on these cases and score it the same way")
-    held.add_argument("--minutes", type=float, default=28.0, help="the baseline's training budget, wall clock (default %(default)s)")
+    add_heldout_arguments(held)
     parser.set_defaults(func=run)
 
 
