@@ -176,16 +176,13 @@ def quality_report(args: argparse.Namespace) -> dict:
     report = heldout_report(refs, args.model, args.structures, use_isd=not args.no_isd, device=args.device)
     if not args.baseline:
         return report
-    keys = evaluated_keys(args.model, args.structures)
-    baseline = baseline_report(find_cases(args.baseline), refs, keys, args.minutes)
+    baseline = baseline_report(find_cases(args.baseline), refs, report["structures"], args.minutes)
     return {"model": report, "baseline": baseline, "comparison": compare(report["rows"], baseline["rows"])}
 
 
-def evaluated_keys(model: str, structures: list[str] | None) -> list[str]:
-    """The structures a held-out evaluation scores: those asked for (default EVAL_KEYS) that ``model`` knows."""
-    from ..registry import load_model
-
-    _, card = load_model(model)
+def evaluated_keys(card, structures: list[str] | None) -> list[str]:
+    """The structures a held-out evaluation scores: those asked for (default EVAL_KEYS) that the model
+    of ``card`` knows."""
     trained = {s["key"] for s in card.structures}
     return [k for k in (structures or EVAL_KEYS) if k in trained]
 
@@ -224,7 +221,7 @@ def heldout_report(refs, model: str, structures: list[str] | None, *, use_isd: b
     from ..registry import load_model
 
     _, card = load_model(model)
-    keys = evaluated_keys(model, structures)
+    keys = evaluated_keys(card, structures)
     rows, absent = [], []
     for ref in refs:
         case = ref.load()
@@ -233,7 +230,7 @@ def heldout_report(refs, model: str, structures: list[str] | None, *, use_isd: b
             result = segment(case.image, present, model=model, device=device, use_isd=use_isd)
             rows += _rows(case.case_id, result.labels, gt, present)
         absent += absent_rows(case, [k for k in keys if k not in present], model, device, use_isd)
-    return {"model": card.name, "use_isd": use_isd, "rows": rows, "summary": summarize(rows), "absent": absent, "absent_summary": summarize_absent(absent)}
+    return {"model": card.name, "use_isd": use_isd, "structures": keys, "rows": rows, "summary": summarize(rows), "absent": absent, "absent_summary": summarize_absent(absent)}
 
 
 def absent_rows(case, keys: list[str], model: str, device: str, use_isd: bool) -> list[dict]:
