@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
 import pytest
 
-from medfoundcore.cli import main
+from medfoundcore.cli import build_parser, main
 from medfoundcore.commands import segment as segment_command
 from medfoundcore.errors import Cancelled
 from medfoundcore.io import load_volume
@@ -54,8 +53,7 @@ def test_existing_output_and_input_are_never_overwritten(ct_path, tmp_path, caps
 
 def test_cancellation_leaves_no_file(ct_path, tmp_path):
     out, report = tmp_path / "seg.nii.gz", tmp_path / "seg.json"
-    args = argparse.Namespace(image=str(ct_path), prompts=["liver"], output=str(out), json_out=str(report), model="default",
-                              device="cpu", batch_size=None, overwrite=False, quiet=True)
+    args = build_parser().parse_args(["segment", str(ct_path), "-p", "liver", "-o", str(out), "--json", str(report), "--device", "cpu", "--quiet"])
     token = CancelToken()
     token.cancel()
     with pytest.raises(Cancelled):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 import medfoundcore
 from medfoundcore.errors import Cancelled, InputError
@@ -44,8 +45,8 @@ def test_ct_labels_on_input_grid_with_named_reports(shared_data):
 
 def test_isd_gates_an_absent_structure(shared_data):
     ct = load_volume(shared_data / "totalsegmentator" / "ts_ct_sm_img.nii.gz")  # abdomen: no brain
-    gated = medfoundcore.segment(ct, ["grey matter"], device="cpu")
-    raw = medfoundcore.segment(ct, ["grey matter"], device="cpu", use_isd=False)
+    gated = medfoundcore.segment(ct, ["grey matter"], device="cpu", region_check=False)  # the ISD alone
+    raw = medfoundcore.segment(ct, ["grey matter"], device="cpu", use_isd=False, region_check=False)
     assert (raw.labels.array == 1).sum() > 0  # the raw mask head fires somewhere ...
     assert not gated.reports[0].found and (gated.labels.array == 0).all()  # ... the ISD removes every slice
 
@@ -54,9 +55,47 @@ def test_blank_slices_stay_empty(shared_data):
     """Without the blank-slice rule the starter model drew the same 1 787-pixel "liver" on every empty slice."""
     mri = load_volume(shared_data / "colin27_mricron" / "colin27_ch2_img.nii.gz")  # held-out brain MRI
     padded = np.concatenate([mri.array, np.zeros((12, *mri.shape[1:]), mri.array.dtype)], axis=0)
-    raw = medfoundcore.segment(Volume(padded, mri.spacing, mri.origin, mri.direction), ["liver"], device="cpu", use_isd=False)
+    volume = Volume(padded, mri.spacing, mri.origin, mri.direction)
+    raw = medfoundcore.segment(volume, ["liver"], device="cpu", use_isd=False, region_check=False)
     assert (raw.labels.array[-12:] == 0).all()
     assert raw.reports[0].found  # the raw masks do fire inside the head: only the empty slices are ruled out
+
+
+def test_the_veto_removes_liver_where_the_model_is_sure_of_the_brain(shared_data):
+    """Held-out post-contrast brain MRI: the ISD alone lets a 146 ml "liver" through on five slices; on
+    four of them the model is sure (ω ≥ 0.9) of a brain structure, so the anatomical veto drops those
+    pieces."""
+    mri = load_volume(shared_data / "pyradiomics" / "brain1_img.nii.gz")
+    unchecked = medfoundcore.segment(mri, ["liver", "brain tumor"], device="cpu", region_check=False)
+    checked = medfoundcore.segment(mri, ["liver", "brain tumor"], device="cpu")
+    before, liver = unchecked.reports[0], checked.reports[0]
+    assert before.volume_ml > 50 and before.slices_ruled_out == 0
+    assert liver.slices_ruled_out >= 3 and liver.slices_present + liver.slices_ruled_out == before.slices_present
+    assert liver.volume_ml < 0.5 * before.volume_ml
+    assert liver.volume_ml == pytest.approx((checked.labels.array == 1).sum() * mri.voxel_volume_ml, rel=1e-3)
+    assert any("'liver' was dropped from" in w for w in checked.warnings)
+    dropped = checked.scores.dropped[:, 0]  # 6.5 mm slices: each "liver" piece is one slice, vetoed
+    assert checked.scores.vetoed[dropped, 0].all() and (checked.scores.rival[dropped, 0] >= 0.9).all()
+    assert not (checked.labels.array[dropped] == 1).any()
+    tumour = checked.reports[1]  # a brain structure: untouched
+    assert tumour.volume_ml == unchecked.reports[1].volume_ml and tumour.slices_ruled_out == 0
+
+
+def test_one_piece_organs_come_back_without_small_islands(shared_data):
+    """Held-out head-and-neck CT: slice-by-slice decisions leave islands of spinal cord and mandible;
+    the default result keeps no piece smaller than a tenth of each structure's largest."""
+    ct = load_volume(shared_data / "openkbp" / "test_pt_246_img.nii.gz")
+    prompts = ["spinal cord", "mandible"]
+    raw = medfoundcore.segment(ct, prompts, device="cpu", keep_islands=True)
+    clean = medfoundcore.segment(ct, prompts, device="cpu")
+    everywhere = np.ones((3, 3, 3), bool)
+    raw_pieces = [np.bincount(ndimage.label(raw.labels.array == v, everywhere)[0].ravel())[1:] for v in (1, 2)]
+    assert any((sizes < 0.1 * sizes.max()).any() for sizes in raw_pieces)  # the islands exist ...
+    for value in (1, 2):
+        sizes = np.bincount(ndimage.label(clean.labels.array == value, everywhere)[0].ravel())[1:]
+        assert sizes.size and (sizes >= 0.1 * sizes.max()).all()  # ... and are gone
+        assert ((clean.labels.array == value) <= (raw.labels.array == value)).all()  # nothing added
+        assert clean.reports[value - 1].volume_ml == pytest.approx(sizes.sum() * ct.voxel_volume_ml, rel=1e-3)
 
 
 def test_mri_geometry_and_reports(shared_data):

@@ -141,3 +141,15 @@ def test_structures_distant_from_a_field_of_view():
     for_abdomen = {s.key for s in vocab.distant_from({"abdomen", "thorax"})}
     assert {"grey_matter", "hippocampus", "brainstem"} <= for_abdomen and "mandible" not in for_abdomen
     assert vocab.distant_from({"spine"}) == []  # a spine-only label says nothing about the field of view
+    assert "aorta" not in {s.key for s in vocab.distant_from({"pelvis"})}  # it spans the abdomen, down to L4
+
+
+def test_structures_that_never_share_an_axial_slice():
+    vocab = load_vocabulary()
+    apart = vocab.never_in_one_axial_slice
+    liver, aorta = vocab.get("liver"), vocab.get("aorta")
+    assert apart(liver, vocab.get("grey_matter")) and apart(vocab.get("grey_matter"), liver)
+    assert apart(aorta, vocab.get("hippocampus"))  # thorax and abdomen are both far from the brain
+    assert not apart(liver, vocab.get("lung_right"))  # the liver dome and the lung bases share slices
+    assert not apart(aorta, vocab.get("iliac_artery_left"))  # the bifurcation
+    assert not apart(liver, vocab.get("vertebrae"))  # the spine runs through every region

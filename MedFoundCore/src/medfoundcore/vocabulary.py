@@ -36,8 +36,9 @@ __all__ = [
 
 Laterality = Literal["left", "right", "both"] | None
 
-# Body regions from head to feet. Two regions at least two steps apart never share a field of view
-# (a brain MRI shows no liver); regions not listed (spine, limb, breast) span or border several.
+# Body regions from head to feet. Two regions at least two steps apart never share an axial slice,
+# nor a field of view that covers only them (a brain MRI shows no liver); regions not listed (spine,
+# limb, breast) span or border several.
 _CRANIOCAUDAL = ("brain", "head-neck", "thorax", "abdomen", "pelvis")
 
 
@@ -46,6 +47,14 @@ def _region_steps(a: str, b: str) -> int | None:
     if a not in _CRANIOCAUDAL or b not in _CRANIOCAUDAL:
         return None
     return abs(_CRANIOCAUDAL.index(a) - _CRANIOCAUDAL.index(b))
+
+
+def _regions_apart(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    """True when every region of ``a`` is at least two steps from every region of ``b`` (all ordered)."""
+    steps = [_region_steps(x, y) for x in a for y in b]
+    return bool(steps) and all(s is not None and s >= 2 for s in steps)
+
+
 _SIDES = ("left", "right")
 
 
@@ -80,6 +89,13 @@ class Structure:
     modalities: tuple[str, ...]
     region: str
     part_of: str | None = None
+    spans: tuple[str, ...] = ()  # every region a long structure runs through (aorta: thorax, abdomen)
+    connected: bool = False  # one piece of tissue (per side): islands far smaller than the main body are errors
+
+    @property
+    def regions(self) -> tuple[str, ...]:
+        """The body regions the structure occupies: ``spans`` when given, else its one ``region``."""
+        return self.spans or (self.region,)
 
     @property
     def slicer_terminology_entry(self) -> str:
@@ -224,7 +240,8 @@ class Vocabulary:
 
     # -- construction -------------------------------------------------------------------------
     def _expand(self, e: dict) -> Iterator[tuple[Structure, list[str]]]:
-        common = dict(color=tuple(e["color"]), modalities=tuple(e["modalities"]), region=e["region"])
+        common = dict(color=tuple(e["color"]), modalities=tuple(e["modalities"]), region=e["region"],
+                      spans=tuple(e.get("spans", ())), connected=bool(e.get("connected")))
         names = [e["name"], *e["synonyms"], e["key"].replace("_", " ")]
         if not e.get("lateral"):
             side = e.get("laterality")
@@ -361,9 +378,16 @@ class Vocabulary:
 
     def distant_from(self, regions: set[str]) -> list[Structure]:
         """Structures that cannot be in an image covering ``regions`` (e.g. abdominal organs for a brain MRI)."""
-        if not any(r in _CRANIOCAUDAL for r in regions):
+        ordered = tuple(r for r in regions if r in _CRANIOCAUDAL)
+        if not ordered:
             return []
-        return [s for s in self if all((_region_steps(s.region, r) or 0) >= 2 for r in regions if r in _CRANIOCAUDAL)]
+        return [s for s in self if _regions_apart(s.regions, ordered)]
+
+    @staticmethod
+    def never_in_one_axial_slice(a: Structure, b: Structure) -> bool:
+        """True when no axial slice can show both ``a`` and ``b``: their body regions are at least two
+        steps apart head to feet (brain and liver; not liver and lung, whose bases share slices)."""
+        return _regions_apart(a.regions, b.regions)
 
     def modality_mismatch(self, structure: Structure, modality: str | None) -> str | None:
         """A warning when ``structure`` is not normally segmented on ``modality`` ("CT"/"MRI"), else None."""

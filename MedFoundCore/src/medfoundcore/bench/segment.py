@@ -42,6 +42,8 @@ def add_heldout_arguments(parser) -> None:
     """The held-out quality options, shared by ``medfound bench segment`` and ``medfound evaluate``."""
     parser.add_argument("--heldout", nargs="+", help="score the model on these labelled *_img.nii.gz cases (or dataset folders)")
     parser.add_argument("--no-isd", action="store_true", help="with --heldout: keep raw masks (ISD ablation)")
+    parser.add_argument("--no-region-check", action="store_true", help="with --heldout: no anatomical veto (ablation)")
+    parser.add_argument("--keep-islands", action="store_true", help="with --heldout: no island removal (ablation)")
     parser.add_argument("--baseline", nargs="+", help="with --heldout: also train a MONAI 3D UNet on these cases and score it the same way")
     parser.add_argument("--minutes", type=float, default=28.0, help="the baseline's training budget, wall clock (default %(default)s)")
     parser.add_argument("--structures", nargs="+", default=None, help="structure keys to score (default: common organs the model knows)")
@@ -173,7 +175,8 @@ def quality_report(args: argparse.Namespace) -> dict:
     from ..data.datasets import find_cases
 
     refs = find_cases(args.heldout)
-    report = heldout_report(refs, args.model, args.structures, use_isd=not args.no_isd, device=args.device)
+    inference = {"use_isd": not args.no_isd, "region_check": not args.no_region_check, "keep_islands": args.keep_islands}
+    report = heldout_report(refs, args.model, args.structures, device=args.device, **inference)
     if not args.baseline:
         return report
     baseline = baseline_report(find_cases(args.baseline), refs, report["structures"], args.minutes)
@@ -214,9 +217,11 @@ def format_quality(report: dict) -> str:
     return "\n".join(lines)
 
 
-def heldout_report(refs, model: str, structures: list[str] | None, *, use_isd: bool = True, device: str = "cpu") -> dict:
+def heldout_report(refs, model: str, structures: list[str] | None, *, device: str = "cpu", **inference: bool) -> dict:
     """Dice/HD95 per (case, structure) of ``model`` on held-out cases (all structures prompted at once),
-    and what it returns for structures that cannot be in the image (``absent``: should be 0 ml)."""
+    and what it returns for structures that cannot be in the image (``absent``: should be 0 ml).
+    ``inference`` holds :func:`~medfoundcore.inference.segment.segment`'s switches (``use_isd``,
+    ``region_check``, ``keep_islands``) for ablations; the report repeats those that were given."""
     from ..inference.segment import segment
     from ..registry import load_model
 
@@ -227,13 +232,13 @@ def heldout_report(refs, model: str, structures: list[str] | None, *, use_isd: b
         case = ref.load()
         gt, present = reference_map(case, keys)
         if present:
-            result = segment(case.image, present, model=model, device=device, use_isd=use_isd)
+            result = segment(case.image, present, model=model, device=device, **inference)
             rows += _rows(case.case_id, result.labels, gt, present)
-        absent += absent_rows(case, [k for k in keys if k not in present], model, device, use_isd)
-    return {"model": card.name, "use_isd": use_isd, "structures": keys, "rows": rows, "summary": summarize(rows), "absent": absent, "absent_summary": summarize_absent(absent)}
+        absent += absent_rows(case, [k for k in keys if k not in present], model, device, inference)
+    return {"model": card.name, "inference": inference, "structures": keys, "rows": rows, "summary": summarize(rows), "absent": absent, "absent_summary": summarize_absent(absent)}
 
 
-def absent_rows(case, keys: list[str], model: str, device: str, use_isd: bool) -> list[dict]:
+def absent_rows(case, keys: list[str], model: str, device: str, inference: dict[str, bool]) -> list[dict]:
     """Volume returned for each of ``keys`` that lies in a body region distant from the case's labels
     (liver on a brain MRI); each is prompted alone so that no other prompt can suppress it."""
     from ..inference.segment import segment
@@ -245,7 +250,7 @@ def absent_rows(case, keys: list[str], model: str, device: str, use_isd: bool) -
     distant = {s.key for s in vocab.distant_from(regions)}
     out = []
     for key in (k for k in keys if k in distant):
-        report = segment(case.image, [key], model=model, device=device, use_isd=use_isd).reports[0]
+        report = segment(case.image, [key], model=model, device=device, **inference).reports[0]
         out.append({"case": case.case_id, "name": key, "volume_ml": report.volume_ml, "slices": report.slices_present})
     return out
 

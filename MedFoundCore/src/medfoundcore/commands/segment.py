@@ -27,6 +27,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", default="default", help="model name or path (default: the shipped starter model)")
     parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     parser.add_argument("--batch-size", type=int, default=None, help="slices per forward pass (default: 8 on CPU, 32 on GPU)")
+    parser.add_argument(
+        "--no-region-check", action="store_true",
+        help="keep a structure on axial slices where the model sees a distant body region (e.g. liver beside the brain)",
+    )
+    parser.add_argument("--keep-islands", action="store_true", help="keep small separate pieces of one-piece organs")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT / the JSON report if they exist")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -57,7 +62,10 @@ def run(args: argparse.Namespace, cancel: CancelToken | None = None) -> int:
     volume = load_volume(args.image)
     bar = cli_progress(disable=args.quiet)
     try:
-        result = segment(volume, args.prompts, model=args.model, device=args.device, batch_size=args.batch_size, progress=bar, cancel=cancel)
+        result = segment(
+            volume, args.prompts, model=args.model, device=args.device, batch_size=args.batch_size,
+            region_check=not args.no_region_check, keep_islands=args.keep_islands, progress=bar, cancel=cancel,
+        )
     finally:
         bar.close()
     for warning in result.warnings:

@@ -6,7 +6,9 @@ image encoder per slice batch (features computed ONCE and shared by every prompt
 all prompts of the batch -> ISD gating (ω > 0.5) -> masks confined to the image's content (no padding
 or air) -> slice-level NMS at the model's resolution ->
 argmax across prompts of the probabilities resized back to the slice's native size (each prompt only
-inside its own box) -> label map on the input grid.
+inside its own box) -> 3D pieces removed (``postprocess``): those mostly on slices where the anatomical
+veto (``region_veto``, axial slices only) saw a distant body region, and small islands of one-piece
+organs -> label map on the input grid.
 
 Memory is bounded by processing the volume in slice batches: only the model-resolution stack
 (K × S × S float32) and the uint8 output are whole-volume arrays.
@@ -29,6 +31,8 @@ from ..errors import Cancelled, InputError
 from ..io import Volume
 from ..preprocess import content_mask, detect_modality, normalize_intensity, select_view
 from ..progress import CancelToken, ProgressCallback, check, report
+from .postprocess import drop_vetoed_pieces, remove_islands
+from .region_veto import RegionVeto, rivals_seen, slices_are_axial
 
 PREPROCESSING_VERSION = 1
 NMS_IOU = 0.5  # a lower-confidence mask overlapping a higher one by more than this is dropped
@@ -37,7 +41,8 @@ _CHUNK = 32  # slices normalised / resized at once (bounds temporary memory)
 
 @dataclass
 class PromptReport:
-    """What was found for one prompt; ``mean_presence`` is the mean ISD ω over the slices kept."""
+    """What was found for one prompt; ``mean_presence`` is the mean ISD ω over the slices kept;
+    ``slices_ruled_out`` counts slices on which a 3D piece of it was dropped by the anatomical veto."""
 
     prompt: str
     structure_key: str
@@ -48,6 +53,7 @@ class PromptReport:
     volume_ml: float
     slices_present: int
     mean_presence: float
+    slices_ruled_out: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "color": list(self.color)}
@@ -61,6 +67,7 @@ class SegmentationResult:
     reports: list[PromptReport]
     warnings: list[str] = field(default_factory=list)
     model: str = ""
+    scores: SliceScores | None = None  # per-slice ω and veto decisions, for analysis (not serialised)
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "warnings": self.warnings, "prompts": [r.to_dict() for r in self.reports]}
@@ -139,6 +146,8 @@ def segment(
     *,
     batch_size: int | None = None,
     use_isd: bool = True,
+    region_check: bool = True,
+    keep_islands: bool = False,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> SegmentationResult:
@@ -146,7 +155,10 @@ def segment(
 
     Raises InputError for an empty/unknown prompt (listing the nearest known names) and Cancelled when
     ``cancel`` fires (nothing is returned or written). ``use_isd=False`` keeps raw masks (ablation).
-    Masks are confined to where the image has content (``preprocess.content_mask``: not padding or air).
+    Masks are confined to where the image has content (``preprocess.content_mask``: not padding or air),
+    and on axial slices a prompt is dropped where the model sees a structure of a distant body region
+    (``region_veto``; ``region_check=False`` turns that off). Small islands of one-piece organs are
+    removed (``postprocess``; ``keep_islands=True`` keeps them).
     """
     from ..vocabulary import load_vocabulary
 
@@ -163,26 +175,37 @@ def segment(
     modality = detect_modality(volume)
     warnings = [w for s in structures if (w := vocab.modality_mismatch(s, modality))]
     warnings += _unknown_to_model(structures, card)
-    text = _text_encoder().encode([prompt_text(s) for s in structures]).float().to(dev)
-
     axis = select_view(volume.shape)
+    use_veto = region_check and slices_are_axial(volume, axis)
+    veto = RegionVeto.build(structures, _known(card), vocab, modality) if use_veto else RegionVeto.none(len(structures))
+    queries = [*structures, *veto.witnesses]
+    text = _text_encoder().encode([prompt_text(s) for s in queries]).float().to(dev)
+
     window = card.preprocessing.get("ct_window", "soft_tissue")
     report(progress, "preprocessing", 0, 1)
     stack = model_slices(volume.array, axis, modality, cfg.image_size, window)
     check(cancel)
     native = tuple(n for a, n in enumerate(volume.shape) if a != axis)  # slice size in the view
     content = content_mask(stack)
-    labels, omega, kept = _run(net, cfg, stack, content, text, native, dev, batch_size, use_isd, progress, cancel)
+    labels, scores = _run(net, cfg, stack, content, text, native, dev, batch_size, use_isd, veto, progress, cancel)
+    scores.dropped = drop_vetoed_pieces(labels, scores.vetoed)
+    if not keep_islands:
+        remove_islands(labels, structures)
     counts = np.stack([np.bincount(plane.ravel(), minlength=len(structures) + 1) for plane in labels])
     labels = np.ascontiguousarray(np.moveaxis(labels, 0, axis))
     result = volume.with_array(labels)
     result.meta = {**volume.meta, "modality": "label", "prompts": list(prompts)}
-    reports = _reports(prompts, structures, counts, omega, kept, volume)
-    return SegmentationResult(result, reports, warnings, card.name)
+    reports = _reports(prompts, structures, counts, scores, volume)
+    warnings += _veto_warnings(reports, veto, scores, [s.name for s in queries])
+    return SegmentationResult(result, reports, warnings, card.name, scores)
+
+
+def _known(card) -> set[str]:
+    return {s.get("key") for s in card.structures}
 
 
 def _unknown_to_model(structures, card) -> list[str]:
-    trained = {s.get("key") for s in card.structures}
+    trained = _known(card)
     return [
         f"model {card.name!r} was not trained on '{s.name}': the result is a guess from the text embedding"
         for s in structures
@@ -190,8 +213,44 @@ def _unknown_to_model(structures, card) -> list[str]:
     ]
 
 
+def _veto_warnings(reports, veto: RegionVeto, scores: SliceScores, names: list[str]) -> list[str]:
+    return [
+        f"'{r.structure_name}' was dropped from {r.slices_ruled_out} axial slice(s) that show "
+        f"{', '.join(rivals_seen(veto, scores.omega, scores.seen, scores.vetoed & scores.dropped, i, names))}, "
+        "a body region where it cannot be (pass region_check=False / --no-region-check to keep it)"
+        for i, r in enumerate(reports)
+        if r.slices_ruled_out
+    ]
+
+
 # ------------------------------------------------------------------------------ batched inference
-def _run(net, cfg, stack, content, text, native, device, batch_size, use_isd, progress, cancel):
+@dataclass
+class SliceScores:
+    """Per slice (in the slicing view): ω and presence (ω > 0.5, non-empty mask) of every query
+    (prompts, then the veto's witnesses); for the prompts whether they were kept, whether the veto
+    ruled them out there, whether a 3D piece of them was dropped there for it, and the highest ω of a
+    rival present on the slice (0: none)."""
+
+    omega: np.ndarray  # [N, Q] float32
+    seen: np.ndarray  # [N, Q] bool
+    kept: np.ndarray  # [N, P] bool
+    vetoed: np.ndarray  # [N, P] bool
+    rival: np.ndarray  # [N, P] float32
+    dropped: np.ndarray | None = None  # [N, P] bool, set after the 3D decision
+
+    @classmethod
+    def empty(cls, n: int, queries: int, prompts: int) -> SliceScores:
+        return cls(
+            np.zeros((n, queries), np.float32), np.zeros((n, queries), bool),
+            np.zeros((n, prompts), bool), np.zeros((n, prompts), bool), np.zeros((n, prompts), np.float32),
+        )
+
+    def put(self, start: int, stop: int, other: SliceScores) -> None:
+        for name in ("omega", "seen", "kept", "vetoed", "rival"):
+            getattr(self, name)[start:stop] = getattr(other, name)
+
+
+def _run(net, cfg, stack, content, text, native, device, batch_size, use_isd, veto, progress, cancel):
     """Model over all slices in batches; halves the batch on out-of-memory and retries.
 
     ``content`` (bool, like ``stack``) is where masks may be: outside it nothing is kept, whatever ω says.
@@ -199,8 +258,7 @@ def _run(net, cfg, stack, content, text, native, device, batch_size, use_isd, pr
     n = stack.shape[0]
     batch = batch_size or (32 if device.type == "cuda" else 8)
     labels = np.zeros((n, *native), dtype=np.uint8)
-    omega = np.zeros((n, text.shape[0]), dtype=np.float32)
-    kept = np.zeros((n, text.shape[0]), dtype=bool)
+    scores = SliceScores.empty(n, text.shape[0], veto.n_prompts)
     padded, _ = fve.pad_to_multiple(stack, fve.required_multiple(max(1, cfg.fve_k)))
     start = 0
     report(progress, "segmenting", 0, n)
@@ -208,7 +266,7 @@ def _run(net, cfg, stack, content, text, native, device, batch_size, use_isd, pr
         check(cancel)
         stop = min(n, start + batch)
         try:
-            out = _batch(net, cfg, padded, start, stop, text, native, device, use_isd, content[start:stop])
+            out = _batch(net, cfg, padded, start, stop, text, native, device, use_isd, veto, content[start:stop])
         except (torch.OutOfMemoryError, MemoryError, RuntimeError) as error:
             if isinstance(error, RuntimeError) and "out of memory" not in str(error).lower():
                 raise
@@ -218,10 +276,11 @@ def _run(net, cfg, stack, content, text, native, device, batch_size, use_isd, pr
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             continue
-        labels[start:stop], omega[start:stop], kept[start:stop] = out
+        labels[start:stop] = out[0]
+        scores.put(start, stop, out[1])
         start = stop
         report(progress, "segmenting", start, n)
-    return labels, omega, kept
+    return labels, scores
 
 
 def context_half(k: int) -> int:
@@ -243,19 +302,25 @@ def fve_images(stack: np.ndarray, start: int, stop: int, k: int) -> np.ndarray:
 
 
 @torch.inference_mode()
-def _batch(net, cfg, padded, start, stop, text, native, device, use_isd, content):
+def _batch(net, cfg, padded, start, stop, text, native, device, use_isd, veto, content):
     images = fve_images(padded, start, stop, cfg.fve_k)[..., : cfg.image_size, : cfg.image_size]
     images = torch.from_numpy(np.ascontiguousarray(images)).to(device)
     b, p = images.shape[0], text.shape[0]
     with autocast(device):
         features = net.encode_image(images)  # once per slice, shared by all prompts
         output = net.decode(features, text[None].expand(b, p, -1))
-    probs = torch.sigmoid(output.mask_logits.float()).cpu()  # [B, P, S, S] at the model's resolution
+    probs = torch.sigmoid(output.mask_logits.float()).cpu()  # [B, Q, S, S] at the model's resolution
     probs *= torch.from_numpy(content)[:, None]
     omega = torch.sigmoid(output.presence_logits.float()).cpu()
-    gate = (omega > 0.5) if use_isd else torch.ones_like(omega, dtype=torch.bool)
-    gate &= _nms((probs > 0.5) & gate[..., None, None], omega)
-    return label_map(probs, gate, native).numpy(), omega.numpy(), gate.numpy()
+    positive = probs > 0.5
+    seen = (omega > 0.5) & positive.flatten(2).any(-1)
+    p = veto.n_prompts  # the queries after the prompts are witnesses: they vote, they are not drawn
+    probs, positive, prompt_omega = probs[:, :p], positive[:, :p], omega[:, :p]
+    gate = (prompt_omega > 0.5) if use_isd else torch.ones_like(prompt_omega, dtype=torch.bool)
+    vetoed = veto.ruled_out(omega, seen) & gate & positive.flatten(2).any(-1)  # evidence; decided in 3D
+    gate &= _nms(positive & gate[..., None, None], prompt_omega)
+    scores = SliceScores(omega.numpy(), seen.numpy(), gate.numpy(), vetoed.numpy(), veto.best_rival(omega, seen).numpy())
+    return label_map(probs, gate, native).numpy(), scores
 
 
 @dataclass(frozen=True)
@@ -354,14 +419,14 @@ def _nms(masks: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------ reports
-def _reports(prompts, structures, counts, omega, kept, volume) -> list[PromptReport]:
+def _reports(prompts, structures, counts, scores: SliceScores, volume) -> list[PromptReport]:
     """One report per prompt from ``counts`` [slice, label] (voxels of each label in each slice)."""
     out = []
     for i, (prompt, s) in enumerate(zip(prompts, structures)):
         count = int(counts[:, i + 1].sum())
         per_slice = counts[:, i + 1] > 0
-        found_slices = kept[:, i] & per_slice
-        mean = float(omega[found_slices, i].mean()) if found_slices.any() else 0.0
+        found_slices = scores.kept[:, i] & per_slice
+        mean = float(scores.omega[found_slices, i].mean()) if found_slices.any() else 0.0
         out.append(
             PromptReport(
                 prompt=str(prompt),
@@ -373,6 +438,7 @@ def _reports(prompts, structures, counts, omega, kept, volume) -> list[PromptRep
                 volume_ml=round(count * volume.voxel_volume_ml, 3),
                 slices_present=int(per_slice.sum()),
                 mean_presence=round(mean, 4),
+                slices_ruled_out=int(scores.dropped[:, i].sum()),
             )
         )
     return out
