@@ -330,7 +330,8 @@ class MedFoundSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         def start(callbacks):
             prompts = self.logic.parsePrompts(self.ui.promptsTextEdit.plainText)
             return self.logic.startSegmentation(volumeNode, prompts, self.ui.modelComboBox.currentText or "default",
-                                                self._deviceChoice(self.ui.deviceComboBox), callbacks)
+                                                self._deviceChoice(self.ui.deviceComboBox), callbacks,
+                                                regionCheck=self.ui.regionCheckBox.checked)
 
         self.ui.summaryTable.setRowCount(0)
         self._startJob("segment", start, self.ui.applyButton, self.ui.segmentProgressBar, self.ui.segmentStatusLabel,

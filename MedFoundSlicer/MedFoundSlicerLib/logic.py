@@ -43,10 +43,14 @@ class PromptSummary:
     volume_ml: float
     confidence: float
     segment_id: str = ""
+    slices_ruled_out: int = 0  # slices where the anatomical check removed it (a distant body region is there)
 
     @property
     def status(self) -> str:
-        return "found" if self.found else "not found"
+        state = "found" if self.found else "not found"
+        if self.slices_ruled_out:
+            state += f"; removed from {self.slices_ruled_out} slice(s) showing a distant body region"
+        return state
 
 
 @dataclass(frozen=True)
@@ -163,14 +167,17 @@ class MedFoundLogic:
 
     # ------------------------------------------------------------------ text-prompted segmentation
     def startSegmentation(self, volumeNode, prompts: list[str], model: str = "default", device: str = "auto",
-                          callbacks: JobCallbacks | None = None) -> Job:
-        """Start text-prompted segmentation of ``volumeNode`` on a worker; nothing in the scene changes yet."""
+                          callbacks: JobCallbacks | None = None, *, regionCheck: bool = True) -> Job:
+        """Start text-prompted segmentation of ``volumeNode`` on a worker; nothing in the scene changes yet.
+
+        ``regionCheck=False`` keeps structures on slices where the model sees a distant body region
+        (the anatomical veto of ``medfoundcore.inference.region_veto``)."""
         volume = nodes.volume_from_node(volumeNode)
 
         def work(progress, cancel, _metrics):
             from medfoundcore.inference.segment import segment
 
-            return segment(volume, prompts, model=model, device=device, progress=progress, cancel=cancel)
+            return segment(volume, prompts, model=model, device=device, region_check=regionCheck, progress=progress, cancel=cancel)
 
         return Job("segment", work, callbacks or JobCallbacks()).start()
 
@@ -193,7 +200,8 @@ class MedFoundLogic:
         specs = [self._segmentSpec(value, r) for value, r in found]
         ids = dict(zip([value for value, _ in found], nodes.write_segments(segmentationNode, result.labels, specs, replace)))
         summaries = [
-            PromptSummary(r.prompt, r.structure_name, bool(r.found), float(r.volume_ml), float(r.mean_presence), ids.get(r.label, ""))
+            PromptSummary(r.prompt, r.structure_name, bool(r.found), float(r.volume_ml), float(r.mean_presence),
+                          ids.get(r.label, ""), int(r.slices_ruled_out))
             for r in result.reports
         ]
         return segmentationNode, summaries
@@ -204,9 +212,9 @@ class MedFoundLogic:
         return nodes.SegmentSpec(label, report.structure_name, color, terminology_entry(structure))
 
     def runSegmentation(self, volumeNode, prompts: list[str], model: str = "default", device: str = "auto",
-                        segmentationNode=None, replace: bool = False):
+                        segmentationNode=None, replace: bool = False, *, regionCheck: bool = True):
         """Blocking convenience for scripts and tests: start, wait (polling), apply; raises on failure."""
-        job = _finished(self.startSegmentation(volumeNode, prompts, model, device).wait())
+        job = _finished(self.startSegmentation(volumeNode, prompts, model, device, regionCheck=regionCheck).wait())
         return self.applySegmentation(job.result, volumeNode, segmentationNode, replace)
 
     # ------------------------------------------------------------------ zero-shot clicks

@@ -161,6 +161,17 @@ def test_text_prompted_segmentation_through_the_logic(logic, shared_data):
     print("Dice", scores)
 
 
+def test_anatomical_check_is_a_logic_option_and_the_summary_says_what_it_removed(logic, shared_data):
+    """Held-out brain MRI prompted for "liver": with the check most of the false liver is removed and the
+    summary row says so; without it the row reports the unchecked volume."""
+    volume_node = nodes.load_volume_node(logic.scene, str(shared_data / "pyradiomics" / "brain1_img.nii.gz"))
+    _, (unchecked,) = logic.runSegmentation(volume_node, ["liver"], device="cpu", regionCheck=False)
+    _, (checked,) = logic.runSegmentation(volume_node, ["liver"], device="cpu")
+    assert unchecked.slices_ruled_out == 0 and unchecked.status == "found"
+    assert checked.slices_ruled_out >= 3 and checked.volume_ml < 0.5 * unchecked.volume_ml
+    assert "distant body region" in checked.status
+
+
 def test_cancel_leaves_the_scene_unchanged(logic, shared_data):
     selftest.scenario_cancel(logic, shared_data)
 
