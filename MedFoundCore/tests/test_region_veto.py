@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from medfoundcore.inference.region_veto import WITNESS_CONFIDENCE, RegionVeto, rivals_seen, slices_are_axial
+from medfoundcore.inference.region_veto import (
+    WITNESS_CONFIDENCE,
+    RegionVeto,
+    rivals_seen,
+    slices_are_axial,
+    vetoed_slices,
+)
 from medfoundcore.io import Volume
 from medfoundcore.vocabulary import load_vocabulary
 
@@ -47,17 +53,21 @@ def test_a_prompt_is_ruled_out_by_a_confident_rival_seen_on_the_slice():
     seen[:, grey] = torch.tensor([True, True, False, True, True])
     omega[3, 1], seen[3, 1] = 0.99, True  # a confident spleen is no rival of the liver
     assert WITNESS_CONFIDENCE == 0.9
-    ruled = veto.ruled_out(omega, seen)
+    candidate = np.ones((5, 2), bool)
+    ruled = vetoed_slices(veto.best_rival(omega, seen).numpy(), omega[:, :2].numpy(), candidate)
     # beaten / more confident than the rival / rival not on the slice / rival weaker / rival not confident
     assert ruled[:, 0].tolist() == [True, False, False, False, False]
     assert ruled[:, 1].tolist() == [True, True, False, False, False]  # spleen, ω 0.1
     seen[0, names.index("brainstem")], omega[0, names.index("brainstem")] = True, 0.6  # seen, not confident
-    assert rivals_seen(veto, omega.numpy(), seen.numpy(), ruled.numpy(), 0, names) == ["grey_matter"]
+    assert rivals_seen(veto, omega.numpy(), seen.numpy(), ruled, 0, names) == ["grey_matter"]
+    candidate[0, 0] = False  # no mask on that slice: nothing to rule out
+    assert not vetoed_slices(veto.best_rival(omega, seen).numpy(), omega[:, :2].numpy(), candidate)[0, 0]
 
 
 def test_no_veto_has_no_witnesses_and_rules_nothing_out():
     veto = RegionVeto.none(2)
-    assert veto.witnesses == () and not veto.ruled_out(torch.rand(3, 2), torch.ones(3, 2, dtype=torch.bool)).any()
+    rival = veto.best_rival(torch.rand(3, 2), torch.ones(3, 2, dtype=torch.bool)).numpy()
+    assert veto.witnesses == () and not rival.any()
 
 
 def test_axial_slicing_follows_the_direction_matrix():

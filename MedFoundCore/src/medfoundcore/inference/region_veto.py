@@ -4,9 +4,10 @@ The ISD judges each prompt on its own, and a 2D model asked about an organ on a 
 body region can still say yes (starter-v2 puts a 146 ml "liver" on five slices of a brain MRI with
 ω 0.56-0.78). The same model is surer about what the slice does show. So every prompt is checked
 against *witnesses*: structures the model knows whose body regions are at least two steps away head to
-feet (brain vs abdomen; :meth:`Vocabulary.never_in_one_axial_slice`). A prompt is dropped from a slice
-on which a witness (or another prompt) of such a region is present with ω ≥ ``WITNESS_CONFIDENCE`` and
-higher than its own.
+feet (brain vs abdomen; :meth:`Vocabulary.never_in_one_axial_slice`). A prompt is vetoed on a slice on
+which a witness (or another prompt) of such a region is present with ω ≥ ``WITNESS_CONFIDENCE`` and
+higher than its own; ``postprocess.drop_vetoed_pieces`` then removes the 3D pieces of the prompt that
+lie mostly on vetoed slices.
 
 Out of distribution the model's ω is mushy on both sides (on head-and-neck CTs both a hallucinated
 IVC and the true brainstem sit at 0.5-0.8), so letting any higher ω veto trades true slices for false
@@ -86,20 +87,20 @@ class RegionVeto:
     def n_prompts(self) -> int:
         return self.rivals.shape[0]
 
-    def ruled_out(self, omega: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
-        """``[B, P]`` True where a prompt is vetoed on a slice.
-
-        ``omega`` and ``seen`` are ``[B, P + W]``: each query's ω and whether it is present on the slice
-        (ω > 0.5 and a non-empty mask). A prompt is vetoed by a seen rival with ω ≥ WITNESS_CONFIDENCE
-        that beats its own.
-        """
-        confident = seen & (omega >= WITNESS_CONFIDENCE)
-        return self.best_rival(omega, confident) > omega[:, : self.n_prompts]
-
     def best_rival(self, omega: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
         """``[B, P]``: the highest ω among each prompt's rivals that are ``seen`` on the slice (0: none)."""
         rival_omega = torch.where(seen[:, None, :] & self.rivals[None], omega[:, None, :], torch.zeros(()))
         return rival_omega.amax(dim=-1)
+
+
+def vetoed_slices(rival: np.ndarray, prompt_omega: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """``[N, P]`` True where a prompt is vetoed: a rival present on the slice with ω ≥ WITNESS_CONFIDENCE
+    beats the prompt's own ω there.
+
+    ``rival`` is :meth:`RegionVeto.best_rival`, ``prompt_omega`` the prompts' ω and ``candidate`` where
+    a prompt passed the ISD with a mask (only those can be vetoed). The evidence stays on its own slice:
+    spreading it ±10 mm along the body axis cost the validation hippocampi 0.825 → 0.710 Dice."""
+    return (np.where(rival >= WITNESS_CONFIDENCE, rival, 0.0) > prompt_omega) & candidate
 
 
 def rivals_seen(
@@ -112,4 +113,4 @@ def rivals_seen(
     return [names[j] for j in np.flatnonzero(veto.rivals[prompt].numpy()) if confident[:, j].any()]
 
 
-__all__ = ["RegionVeto", "slices_are_axial", "rivals_seen", "AXIAL_COSINE", "WITNESS_CONFIDENCE"]
+__all__ = ["RegionVeto", "slices_are_axial", "vetoed_slices", "rivals_seen", "AXIAL_COSINE", "WITNESS_CONFIDENCE"]

@@ -32,7 +32,7 @@ from ..io import Volume
 from ..preprocess import content_mask, detect_modality, normalize_intensity, select_view
 from ..progress import CancelToken, ProgressCallback, check, report
 from .postprocess import drop_vetoed_pieces, remove_islands
-from .region_veto import RegionVeto, rivals_seen, slices_are_axial
+from .region_veto import RegionVeto, rivals_seen, slices_are_axial, vetoed_slices
 
 PREPROCESSING_VERSION = 1
 NMS_IOU = 0.5  # a lower-confidence mask overlapping a higher one by more than this is dropped
@@ -188,6 +188,7 @@ def segment(
     native = tuple(n for a, n in enumerate(volume.shape) if a != axis)  # slice size in the view
     content = content_mask(stack)
     labels, scores = _run(net, cfg, stack, content, text, native, dev, batch_size, use_isd, veto, progress, cancel)
+    scores.vetoed = vetoed_slices(scores.rival, scores.omega[:, : len(structures)], scores.candidate)
     scores.dropped = drop_vetoed_pieces(labels, scores.vetoed)
     if not keep_islands:
         remove_islands(labels, structures)
@@ -227,16 +228,18 @@ def _veto_warnings(reports, veto: RegionVeto, scores: SliceScores, names: list[s
 @dataclass
 class SliceScores:
     """Per slice (in the slicing view): ω and presence (ω > 0.5, non-empty mask) of every query
-    (prompts, then the veto's witnesses); for the prompts whether they were kept, whether the veto
-    ruled them out there, whether a 3D piece of them was dropped there for it, and the highest ω of a
-    rival present on the slice (0: none)."""
+    (prompts, then the veto's witnesses); for the prompts whether they passed the ISD with a mask
+    (``candidate``), whether they were kept after NMS, the highest ω of a rival present on the slice
+    (0: none), and after the whole volume is done whether the veto ruled them out there and whether a
+    3D piece of them was dropped there for it."""
 
     omega: np.ndarray  # [N, Q] float32
     seen: np.ndarray  # [N, Q] bool
+    candidate: np.ndarray  # [N, P] bool
     kept: np.ndarray  # [N, P] bool
-    vetoed: np.ndarray  # [N, P] bool
     rival: np.ndarray  # [N, P] float32
-    dropped: np.ndarray | None = None  # [N, P] bool, set after the 3D decision
+    vetoed: np.ndarray | None = None  # [N, P] bool
+    dropped: np.ndarray | None = None  # [N, P] bool
 
     @classmethod
     def empty(cls, n: int, queries: int, prompts: int) -> SliceScores:
@@ -246,7 +249,7 @@ class SliceScores:
         )
 
     def put(self, start: int, stop: int, other: SliceScores) -> None:
-        for name in ("omega", "seen", "kept", "vetoed", "rival"):
+        for name in ("omega", "seen", "candidate", "kept", "rival"):
             getattr(self, name)[start:stop] = getattr(other, name)
 
 
@@ -317,9 +320,9 @@ def _batch(net, cfg, padded, start, stop, text, native, device, use_isd, veto, c
     p = veto.n_prompts  # the queries after the prompts are witnesses: they vote, they are not drawn
     probs, positive, prompt_omega = probs[:, :p], positive[:, :p], omega[:, :p]
     gate = (prompt_omega > 0.5) if use_isd else torch.ones_like(prompt_omega, dtype=torch.bool)
-    vetoed = veto.ruled_out(omega, seen) & gate & positive.flatten(2).any(-1)  # evidence; decided in 3D
+    candidate = gate & positive.flatten(2).any(-1)  # what the veto may rule out (decided in 3D, later)
     gate &= _nms(positive & gate[..., None, None], prompt_omega)
-    scores = SliceScores(omega.numpy(), seen.numpy(), gate.numpy(), vetoed.numpy(), veto.best_rival(omega, seen).numpy())
+    scores = SliceScores(omega.numpy(), seen.numpy(), candidate.numpy(), gate.numpy(), veto.best_rival(omega, seen).numpy())
     return label_map(probs, gate, native).numpy(), scores
 
 
