@@ -91,6 +91,8 @@ def remove_islands(labels: np.ndarray, structures: Sequence, min_fraction: float
     ``labels`` is ``[N, H, W]`` with slices along axis 0, changed in place and returned. Only the
     bounding box of each label is examined, so memory stays proportional to the structure.
     """
+    if not any(s.connected for s in structures):
+        return labels
     boxes = _label_boxes(labels, len(structures))
     for value, structure in enumerate(structures, start=1):
         pieces = _pieces(labels, value, boxes[value - 1]) if structure.connected else None
