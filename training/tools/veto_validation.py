@@ -16,13 +16,11 @@ import json
 
 import numpy as np
 
-from medfoundcore.bench.segment import evaluated_keys, reference_map
+from medfoundcore.bench.segment import distant_keys, evaluated_keys, reference_map
 from medfoundcore.data.datasets import find_cases
 from medfoundcore.inference.segment import segment
 from medfoundcore.preprocess import select_view
 from medfoundcore.registry import load_model
-from medfoundcore.train.segment import structure_values
-from medfoundcore.vocabulary import load_vocabulary
 
 BARS = (0.0, 0.85, 0.9, 0.95)
 
@@ -38,7 +36,7 @@ def slice_rows(case_id: str, result, truth: np.ndarray) -> list[dict]:
     return rows
 
 
-def case_rows(ref, keys: list[str], vocab, model: str) -> list[dict]:
+def case_rows(ref, keys: list[str], model: str) -> list[dict]:
     case = ref.load()
     axis = select_view(case.image.shape)
     gt, present = reference_map(case, keys)
@@ -47,8 +45,7 @@ def case_rows(ref, keys: list[str], vocab, model: str) -> list[dict]:
         labels = np.moveaxis(gt.array, axis, 0).reshape(gt.shape[axis], -1)
         truth = np.stack([(labels == i + 1).any(axis=1) for i in range(len(present))], axis=1)
         rows += slice_rows(case.case_id, segment(case.image, present, model=model, device="cpu"), truth)
-    regions = {vocab.get(k).region for k in structure_values(case.names, vocab, None)}
-    distant = {s.key for s in vocab.distant_from(regions)}
+    distant = distant_keys(case)
     for key in (k for k in keys if k in distant and k not in present):
         result = segment(case.image, [key], model=model, device="cpu")
         rows += slice_rows(case.case_id, result, np.zeros((case.image.shape[axis], 1), bool))
@@ -76,8 +73,8 @@ def main() -> None:
     parser.add_argument("--structures", nargs="+", default=None, help="structure keys (default: the held-out evaluation's)")
     args = parser.parse_args()
     _, card = load_model(args.model)
-    keys, vocab = evaluated_keys(card, args.structures), load_vocabulary()
-    rows = [row for ref in find_cases(args.cases) for row in case_rows(ref, keys, vocab, args.model)]
+    keys = evaluated_keys(card, args.structures)
+    rows = [row for ref in find_cases(args.cases) for row in case_rows(ref, keys, args.model)]
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f)

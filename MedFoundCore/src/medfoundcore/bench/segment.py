@@ -238,16 +238,23 @@ def heldout_report(refs, model: str, structures: list[str] | None, *, device: st
     return {"model": card.name, "inference": inference, "structures": keys, "rows": rows, "summary": summarize(rows), "absent": absent, "absent_summary": summarize_absent(absent)}
 
 
-def absent_rows(case, keys: list[str], model: str, device: str, inference: dict[str, bool]) -> list[dict]:
-    """Volume returned for each of ``keys`` that lies in a body region distant from the case's labels
-    (liver on a brain MRI); each is prompted alone so that no other prompt can suppress it."""
-    from ..inference.segment import segment
+def distant_keys(case) -> set[str]:
+    """Structures of a body region distant from every region the case's labels cover (liver for a
+    brain MRI): they cannot be in the image."""
     from ..train.segment import structure_values
     from ..vocabulary import load_vocabulary
 
     vocab = load_vocabulary()
     regions = {vocab.get(k).region for k in structure_values(case.names, vocab, None)}
-    distant = {s.key for s in vocab.distant_from(regions)}
+    return {s.key for s in vocab.distant_from(regions)}
+
+
+def absent_rows(case, keys: list[str], model: str, device: str, inference: dict[str, bool]) -> list[dict]:
+    """Volume returned for each of ``keys`` that lies in a body region distant from the case's labels
+    (liver on a brain MRI); each is prompted alone so that no other prompt can suppress it."""
+    from ..inference.segment import segment
+
+    distant = distant_keys(case)
     out = []
     for key in (k for k in keys if k in distant):
         report = segment(case.image, [key], model=model, device=device, **inference).reports[0]

@@ -2,7 +2,7 @@
 
 The ISD judges each prompt on its own, and a 2D model asked about an organ on a slice of an unrelated
 body region can still say yes (starter-v2 puts a 146 ml "liver" on five slices of a brain MRI with
-ω 0.56-0.78). The same model is surer about what the slice does show. So every prompt is checked
+ω 0.52-0.78). The same model is surer about what the slice does show. So every prompt is checked
 against *witnesses*: structures the model knows whose body regions are at least two steps away head to
 feet (brain vs abdomen; :meth:`Vocabulary.never_in_one_axial_slice`). A prompt is vetoed on a slice on
 which a witness (or another prompt) of such a region is present with ω ≥ ``WITNESS_CONFIDENCE`` and
