@@ -107,3 +107,18 @@ def test_augmentation_never_flips_lateral_structures(shared_data):
     flipped = [_side(augment(slab, mask, rng, allow_lr_flip=True)[1]) != side for _ in range(25)]
     assert all(kept)
     assert any(flipped)
+
+
+def test_scale_range_shrinks_the_anatomy_as_documented(shared_data):
+    """+0.6 in MONAI's scale shows the kidney at 1/1.6 of its size: the area falls to about 0.39 where
+    the affine step fires, so over many draws the median area is well below the default's."""
+    slab, mask = _kidney_slice(shared_data)
+    area = mask.sum()
+
+    def median_area(scale_range):
+        augment = SliceAugment(96, scale_range=scale_range)
+        rng = np.random.default_rng(1)
+        return np.median([augment(slab, mask, rng, allow_lr_flip=False)[1].sum() / area for _ in range(30)])
+
+    assert 0.85 < median_area((-0.15, 0.15)) < 1.15
+    assert median_area((0.6, 0.6)) < 0.6

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from medfoundcore.data.datasets import find_cases
-from medfoundcore.errors import Cancelled
+from medfoundcore.errors import Cancelled, InputError
 from medfoundcore.progress import CancelToken
 from medfoundcore.registry import load_model
 from medfoundcore.train.checkpoint import latest_checkpoint, load_checkpoint
@@ -60,6 +60,10 @@ def test_resume_after_interruption_continues_from_checkpoint(ct_case, tmp_path, 
     last = latest_checkpoint(tmp_path / "run")
     assert load_checkpoint(last)["step"] == 10  # checkpoints every 5 steps; step 12 was never saved
     assert not (medfound_home / "models" / "resumed").exists()  # cancelled: no model registered
+
+    with pytest.raises(InputError, match=r"different run \(lr 0.002 -> 0.001; seed 0 -> 1\)"):
+        train_segmenter([ct_case], _tiny(steps=20, lr=1e-3, seed=1), "resumed", tmp_path / "run")
+    assert latest_checkpoint(tmp_path / "run") == last and load_checkpoint(last)["step"] == 10
 
     resumed: list[int] = []
     train_segmenter([ct_case], config, "resumed", tmp_path / "run", on_metrics=lambda m: resumed.append(m["step"]))

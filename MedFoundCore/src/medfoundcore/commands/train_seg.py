@@ -40,6 +40,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--prompts-per-image", type=int, default=d.prompts_per_image)
     parser.add_argument("--synth-fraction", type=float, default=d.synth_fraction)
     parser.add_argument("--no-augment", action="store_true")
+    parser.add_argument(
+        "--scale-range", type=float, nargs=2, default=d.scale_range, metavar=("LO", "HI"),
+        help="random per-axis scaling, as MONAI's scale minus one: 0.5 shows anatomy at 1/1.5 its size (default %(default)s)",
+    )
     parser.add_argument("--no-isd", action="store_true", help="ablation: no presence discriminator")
     parser.add_argument("--no-grad-cutoff", action="store_true", help="ablation: let ISD gradients into the decoder")
     parser.add_argument("--single-view", action="store_true", help="train only on the view inference uses (no extra views of isotropic volumes)")
@@ -68,6 +72,7 @@ def config_from_args(args: argparse.Namespace):
         prompts_per_image=args.prompts_per_image,
         synth_fraction=args.synth_fraction,
         augment=not args.no_augment,
+        scale_range=tuple(args.scale_range),
         device=args.device,
         checkpoint_every=args.checkpoint_every,
         seed=args.seed,

@@ -25,14 +25,17 @@ from monai.transforms import (
 )
 
 IMAGE, MASK = "image", "mask"
+# MONAI's affine scale minus one, drawn per axis: +0.5 shows the anatomy at 1/1.5 of its size, so
+# (-0.15, 0.15) varies it by about ±15 % and rows and columns independently (aspect ratio too).
+DEFAULT_SCALE_RANGE = (-0.15, 0.15)
 
 
 class SliceAugment:
     """Random augmentation of one training sample: a ``(N, H, W)`` slab in [0, 255] and ``(P, H, W)`` masks."""
 
-    def __init__(self, image_size: int, *, strength: float = 1.0) -> None:
-        self._common = _build(image_size, strength, flip=False)
-        self._with_flip = _build(image_size, strength, flip=True)
+    def __init__(self, image_size: int, *, strength: float = 1.0, scale_range: tuple[float, float] = DEFAULT_SCALE_RANGE) -> None:
+        self._common = _build(image_size, strength, scale_range, flip=False)
+        self._with_flip = _build(image_size, strength, scale_range, flip=True)
 
     def __call__(
         self, slab: np.ndarray, masks: np.ndarray, rng: np.random.Generator, *, allow_lr_flip: bool
@@ -44,14 +47,15 @@ class SliceAugment:
         return image, (np.asarray(out[MASK]) > 0.5).astype(np.float32)
 
 
-def _build(size: int, strength: float, flip: bool) -> Compose:
+def _build(size: int, strength: float, scale_range: tuple[float, float], flip: bool) -> Compose:
     both = [IMAGE, MASK]
+    per_axis = tuple(v * strength for v in scale_range)
     transforms = [
         RandAffined(
             keys=both,
             prob=0.6 * strength,
             rotate_range=0.26 * strength,  # ~15 degrees
-            scale_range=0.15 * strength,
+            scale_range=(per_axis, per_axis),
             translate_range=0.06 * size * strength,
             mode=("bilinear", "nearest"),
             padding_mode="zeros",

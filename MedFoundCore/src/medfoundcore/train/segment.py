@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.augment import SliceAugment
+from ..data.augment import DEFAULT_SCALE_RANGE, SliceAugment
 from ..data.datasets import Case, CaseRef
 from ..data.synth import synthesize
 from ..device import autocast
@@ -54,6 +54,9 @@ class TrainConfig:
     positive_slice_fraction: float = 0.8
     synth_fraction: float = 0.25
     augment: bool = True
+    # per-axis anatomy scaling (augment.DEFAULT_SCALE_RANGE); widen it when test scanners' fields of view
+    # differ from the training images' (a model trained on one 366 mm field fails on a 500 mm one)
+    scale_range: tuple[float, float] = DEFAULT_SCALE_RANGE
     device: str = "auto"
     checkpoint_every: int = 100
     max_minutes: float | None = None  # wall-clock budget: stop early and still save the model
@@ -179,7 +182,7 @@ class SampleBuilder:
         self.index = {k: i for i, k in enumerate(keys)}
         self.weights = _case_weights(cases)
         self.prevalence = structure_prevalence(cases, self.weights)
-        self.augment = SliceAugment(config.image_size) if config.augment else None
+        self.augment = SliceAugment(config.image_size, scale_range=tuple(config.scale_range)) if config.augment else None
         self.half = context_half(config.fve_k)
 
     def batch(self, rng: np.random.Generator) -> Batch:
@@ -347,6 +350,7 @@ def train_segmenter(
     vocab = load_vocabulary()
     model, model_cfg, base_card = _build_model(config)
     config = replace(config, image_size=model_cfg.image_size, fve_k=model_cfg.fve_k)
+    check_resumable(work_dir, config)
     prepared = _resolve_cases(cases, config, vocab, progress, cancel)
     keys = sorted({k for c in prepared for k in c.values} | {k for c in prepared for k in c.foreign})
     texts = [prompt_text(vocab.get(k)) for k in keys]
@@ -468,6 +472,34 @@ def _save(work_dir: Path, step: int, model, optimizer, scheduler, config: TrainC
         config=config.to_dict(),
     )
     prune_checkpoints(work_dir, keep=2)
+
+
+# Fields a resumed run may change: how long it runs, how often it reports, where it runs.
+_RESUME_MAY_CHANGE = {"steps", "epochs", "max_minutes", "checkpoint_every", "log_every", "device"}
+
+
+def check_resumable(work_dir: Path, config: TrainConfig) -> None:
+    """Refuse to continue another run's checkpoint: resuming with a different learning rate, seed or
+    data recipe would silently mix two runs (and report the mixture under the new settings)."""
+    path = latest_checkpoint(work_dir)
+    if path is None:
+        return
+    saved = TrainConfig.from_dict(load_checkpoint(path)["config"]).to_dict()
+    wanted = config.to_dict()
+    changed = [
+        f"{key} {saved[key]!r} -> {wanted[key]!r}"
+        for key in wanted
+        if key not in _RESUME_MAY_CHANGE and _comparable(saved[key]) != _comparable(wanted[key])
+    ]
+    if changed:
+        raise InputError(
+            f"{work_dir} holds checkpoint {path.name} of a different run ({'; '.join(changed)}). "
+            "Use a new work directory, or the run's own settings to resume it."
+        )
+
+
+def _comparable(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def _resume(work_dir: Path, model, optimizer, scheduler, device) -> int:
