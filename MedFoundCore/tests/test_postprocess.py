@@ -76,3 +76,32 @@ def test_pieces_are_found_on_pooled_blocks_of_large_slices():
     assert (labels[1:5, 301:303, 301:303] == 1).all()
     assert (labels[1:3, 450:452, 450:454] == 0).all() and (labels[1:3, 450:452, 454:456] == 2).all()
     assert (labels == 1).sum() == 4 * 200 * 200 + 4 * 4
+
+
+def test_an_organ_on_one_inner_slice_goes_only_when_slices_are_thin_enough():
+    """Two 6.5 mm spacings (13 mm) are shorter than any one-piece organ: a liver on one slice, with both
+    neighbours empty, is a hallucination. At the volume's edge the organ may continue outside; with 10 mm
+    slices, or when the spacing is not given (not axial), nothing is decided."""
+    labels = np.zeros((25, 30, 30), np.uint8)
+    labels[5, 5:25, 5:25] = 1  # "liver" on one inner slice
+    labels[0, 2:8, 2:8] = 2  # a spleen on the first slice only: may continue below the scan
+    labels[10:12, 10:20, 10:20] = 2  # and a two-slice spleen piece: thin, but not one slice
+    labels[20, 5:25, 5:25] = 3  # vertebrae: may be thin, not a one-piece organ
+    structures = _structures("liver", "spleen", "vertebrae")
+    for spacing in (None, 10.0):
+        kept = labels.copy()
+        remove_islands(kept, structures, axial_spacing_mm=spacing)
+        assert np.array_equal(kept, labels)
+    remove_islands(labels, structures, axial_spacing_mm=6.5)
+    assert not (labels == 1).any()
+    assert (labels == 2).sum() == 36 + 200 and (labels == 3).sum() == 400
+
+
+def test_an_organ_seen_on_several_separate_slices_stays():
+    """A weak model's ISD may skip slices of a true organ: one-slice pieces on different slices are
+    evidence from several slices, and the larger of them stays."""
+    labels = np.zeros((20, 40, 40), np.uint8)
+    labels[8, 0:30, 0:30] = 1
+    labels[11, 0:30, 0:30] = 1
+    remove_islands(labels, _structures("liver"), axial_spacing_mm=3.0)
+    assert (labels == 1).sum() == 2 * 900

@@ -61,24 +61,29 @@ def test_blank_slices_stay_empty(shared_data):
     assert raw.reports[0].found  # the raw masks do fire inside the head: only the empty slices are ruled out
 
 
-def test_the_veto_removes_liver_where_the_model_is_sure_of_the_brain(shared_data):
-    """Held-out post-contrast brain MRI: the ISD alone lets a 146 ml "liver" through on five slices; on
-    four of them the model is sure (ω ≥ 0.9) of a brain structure, so the anatomical veto drops those
-    pieces."""
+def test_no_liver_on_a_brain_mri_veto_first_then_the_one_slice_rule(shared_data):
+    """Held-out post-contrast brain MRI (6.5 mm slices): the ISD alone lets a 146 ml "liver" through on
+    five slices. On four of them the model is sure (ω ≥ 0.9) of a brain structure, so the anatomical
+    veto drops those pieces; the fifth is a liver on one inner slice, thinner than any liver, which the
+    one-slice rule removes. The brain tumour, prompted alongside, is untouched by both."""
     mri = load_volume(shared_data / "pyradiomics" / "brain1_img.nii.gz")
-    unchecked = medfoundcore.segment(mri, ["liver", "brain tumor"], device="cpu", region_check=False)
-    checked = medfoundcore.segment(mri, ["liver", "brain tumor"], device="cpu")
-    before, liver = unchecked.reports[0], checked.reports[0]
+    prompts = ["liver", "brain tumor"]
+    unchecked = medfoundcore.segment(mri, prompts, device="cpu", region_check=False, keep_islands=True)
+    vetoed = medfoundcore.segment(mri, prompts, device="cpu", keep_islands=True)
+    checked = medfoundcore.segment(mri, prompts, device="cpu")
+    before, after_veto, liver = unchecked.reports[0], vetoed.reports[0], checked.reports[0]
     assert before.volume_ml > 50 and before.slices_ruled_out == 0
-    assert liver.slices_ruled_out >= 3 and liver.slices_present + liver.slices_ruled_out == before.slices_present
-    assert liver.volume_ml < 0.5 * before.volume_ml
-    assert liver.volume_ml == pytest.approx((checked.labels.array == 1).sum() * mri.voxel_volume_ml, rel=1e-3)
-    assert any("'liver' was dropped from" in w for w in checked.warnings)
-    dropped = checked.scores.dropped[:, 0]  # 6.5 mm slices: each "liver" piece is one slice, vetoed
-    assert checked.scores.vetoed[dropped, 0].all() and (checked.scores.rival[dropped, 0] >= 0.9).all()
-    assert not (checked.labels.array[dropped] == 1).any()
-    tumour = checked.reports[1]  # a brain structure: untouched
-    assert tumour.volume_ml == unchecked.reports[1].volume_ml and tumour.slices_ruled_out == 0
+    assert after_veto.slices_ruled_out >= 3 and after_veto.slices_present + after_veto.slices_ruled_out == before.slices_present
+    assert after_veto.volume_ml < 0.5 * before.volume_ml
+    assert any("'liver' was dropped from" in w for w in vetoed.warnings)
+    dropped = vetoed.scores.dropped[:, 0]  # 6.5 mm slices: each "liver" piece is one slice, vetoed
+    assert vetoed.scores.vetoed[dropped, 0].all() and (vetoed.scores.rival[dropped, 0] >= 0.9).all()
+    assert not (vetoed.labels.array[dropped] == 1).any()
+    assert after_veto.slices_present == 1  # the slice without a sure witness ...
+    assert not liver.found and liver.volume_ml == 0 and not (checked.labels.array == 1).any()  # ... goes too
+    assert any("'liver' was found on one axial slice only" in w and "6.5 mm" in w for w in checked.warnings)
+    for result in (vetoed, checked):  # a brain structure: untouched
+        assert result.reports[1].volume_ml == unchecked.reports[1].volume_ml and result.reports[1].slices_ruled_out == 0
 
 
 def test_one_piece_organs_come_back_without_small_islands(shared_data):

@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--no-region-check", action="store_true",
         help="keep a structure on axial slices where the model sees a distant body region (e.g. liver beside the brain)",
     )
-    parser.add_argument("--keep-islands", action="store_true", help="keep small separate pieces of one-piece organs")
+    parser.add_argument("--keep-islands", action="store_true", help="keep what the model returned for one-piece organs: small separate pieces, and a result on one slice only")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT / the JSON report if they exist")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)

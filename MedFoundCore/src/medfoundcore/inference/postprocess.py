@@ -15,6 +15,13 @@ Islands smaller than ``MIN_ISLAND_FRACTION`` of the structure's largest piece ar
 so that a both-sides prompt such as "kidney" keeps both kidneys, and a structure cut in two by the
 field of view keeps both parts). Structures that may have many pieces (vertebrae, tumours, bowel) are
 left alone.
+
+**One-slice results.** On axial slices, a one-piece organ whose whole result lies on a single slice,
+with both neighbouring slices in the volume and empty, is thinner than two slice spacings along the
+body axis. Every one-piece structure in the vocabulary is longer than ``MIN_ORGAN_EXTENT_MM``, so the
+result is a one-slice hallucination (the liver on one 6.5 mm slice of a brain MRI) and is removed. A
+structure seen on several slices stays, even in separate pieces: a weak model's ISD may skip slices of
+a true organ, and removing each one-slice piece cost the held-out liver 0.04 Dice.
 """
 
 from __future__ import annotations
@@ -26,6 +33,9 @@ from scipy import ndimage
 
 #: Pieces below this fraction of the largest piece of a one-piece structure are removed.
 MIN_ISLAND_FRACTION = 0.1
+#: Every ``Structure.connected`` organ is at least this long head to feet (hippocampal head ~15-20 mm,
+#: adrenal gland ~40 mm, liver ~150 mm); with a shorter slice spacing it cannot fit on one slice.
+MIN_ORGAN_EXTENT_MM = 15.0
 #: A piece goes when more than this fraction of its slices are vetoed.
 VETOED_MAJORITY = 0.5
 #: Pieces are found on slices pooled to about this size: the model sees 128 px, so two pieces closer
@@ -85,23 +95,44 @@ def _pieces(labels: np.ndarray, value: int, box: tuple[slice, ...] | None) -> _P
     return _Pieces(labels, value, box, max(1, min(labels.shape[1:]) // POOLED_SIZE))
 
 
-def remove_islands(labels: np.ndarray, structures: Sequence, min_fraction: float = MIN_ISLAND_FRACTION) -> np.ndarray:
+def remove_islands(
+    labels: np.ndarray,
+    structures: Sequence,
+    min_fraction: float = MIN_ISLAND_FRACTION,
+    *,
+    axial_spacing_mm: float | None = None,
+) -> dict[int, int]:
     """Set to 0 the small islands of every one-piece structure in ``labels`` (label i+1 = ``structures[i]``).
 
-    ``labels`` is ``[N, H, W]`` with slices along axis 0, changed in place and returned. Only the
+    ``labels`` is ``[N, H, W]`` with slices along axis 0, changed in place. When the slices are axial,
+    ``axial_spacing_mm`` (their spacing) also removes a structure found on one inner slice only; the
+    result maps each label value removed that way to its slice, so that the caller can say so. Only the
     bounding box of each label is examined, so memory stays proportional to the structure.
     """
+    one_slice: dict[int, int] = {}
     if not any(s.connected for s in structures):
-        return labels
+        return one_slice
     boxes = _label_boxes(labels, len(structures))
+    too_thin = axial_spacing_mm is not None and 2 * axial_spacing_mm < MIN_ORGAN_EXTENT_MM
     for value, structure in enumerate(structures, start=1):
-        pieces = _pieces(labels, value, boxes[value - 1]) if structure.connected else None
-        if pieces is None or pieces.count < 2:
+        box = boxes[value - 1] if structure.connected else None
+        if box is None:
             continue
+        if too_thin and _on_one_inner_slice(box, labels.shape[0]):
+            crop = labels[box]
+            crop[crop == value] = 0
+            one_slice[value] = box[0].start
+            continue
+        pieces = _pieces(labels, value, box)
         small = np.flatnonzero(pieces.sizes < min_fraction * pieces.sizes.max()) + 1
         if small.size:
             pieces.remove(small)
-    return labels
+    return one_slice
+
+
+def _on_one_inner_slice(box: tuple[slice, ...], n_slices: int) -> bool:
+    """The whole result lies on one slice that is neither the first nor the last of the volume."""
+    return box[0].stop - box[0].start == 1 and 0 < box[0].start < n_slices - 1
 
 
 def drop_vetoed_pieces(labels: np.ndarray, vetoed: np.ndarray, majority: float = VETOED_MAJORITY) -> np.ndarray:
@@ -125,4 +156,4 @@ def drop_vetoed_pieces(labels: np.ndarray, vetoed: np.ndarray, majority: float =
     return dropped
 
 
-__all__ = ["drop_vetoed_pieces", "remove_islands", "MIN_ISLAND_FRACTION", "VETOED_MAJORITY", "POOLED_SIZE"]
+__all__ = ["drop_vetoed_pieces", "remove_islands", "MIN_ISLAND_FRACTION", "MIN_ORGAN_EXTENT_MM", "VETOED_MAJORITY", "POOLED_SIZE"]

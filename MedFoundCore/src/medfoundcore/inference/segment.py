@@ -7,8 +7,8 @@ all prompts of the batch -> ISD gating (ω > 0.5) -> masks confined to the image
 or air) -> slice-level NMS at the model's resolution ->
 argmax across prompts of the probabilities resized back to the slice's native size (each prompt only
 inside its own box) -> 3D pieces removed (``postprocess``): those mostly on slices where the anatomical
-veto (``region_veto``, axial slices only) saw a distant body region, and small islands of one-piece
-organs -> label map on the input grid.
+veto (``region_veto``, axial slices only) saw a distant body region, small islands of one-piece
+organs, and one-piece organs found on one inner axial slice only -> label map on the input grid.
 
 Memory is bounded by processing the volume in slice batches: only the model-resolution stack
 (K × S × S float32) and the uint8 output are whole-volume arrays.
@@ -157,8 +157,9 @@ def segment(
     ``cancel`` fires (nothing is returned or written). ``use_isd=False`` keeps raw masks (ablation).
     Masks are confined to where the image has content (``preprocess.content_mask``: not padding or air),
     and on axial slices a prompt is dropped where the model sees a structure of a distant body region
-    (``region_veto``; ``region_check=False`` turns that off). Small islands of one-piece organs are
-    removed (``postprocess``; ``keep_islands=True`` keeps them).
+    (``region_veto``; ``region_check=False`` turns that off). Small islands of one-piece organs, and
+    such organs found on a single inner axial slice only, are removed (``postprocess``;
+    ``keep_islands=True`` keeps them).
     """
     from ..vocabulary import load_vocabulary
 
@@ -176,7 +177,8 @@ def segment(
     warnings = [w for s in structures if (w := vocab.modality_mismatch(s, modality))]
     warnings += _unknown_to_model(structures, card)
     axis = select_view(volume.shape)
-    use_veto = region_check and slices_are_axial(volume, axis)
+    axial = slices_are_axial(volume, axis)
+    use_veto = region_check and axial
     veto = RegionVeto.build(structures, _known(card), vocab, modality) if use_veto else RegionVeto.none(len(structures))
     queries = [*structures, *veto.witnesses]
     text = _text_encoder().encode([prompt_text(s) for s in queries]).float().to(dev)
@@ -190,14 +192,19 @@ def segment(
     labels, scores = _run(net, cfg, stack, content, text, native, dev, batch_size, use_isd, veto, progress, cancel)
     scores.vetoed = vetoed_slices(scores.rival, scores.omega[:, : len(structures)], scores.candidate)
     scores.dropped = drop_vetoed_pieces(labels, scores.vetoed)
-    if not keep_islands:
-        remove_islands(labels, structures)
+    spacing = volume.spacing[2 - axis]
+    one_slice = {} if keep_islands else remove_islands(labels, structures, axial_spacing_mm=spacing if axial else None)
     counts = np.stack([np.bincount(plane.ravel(), minlength=len(structures) + 1) for plane in labels])
     labels = np.ascontiguousarray(np.moveaxis(labels, 0, axis))
     result = volume.with_array(labels)
     result.meta = {**volume.meta, "modality": "label", "prompts": list(prompts)}
     reports = _reports(prompts, structures, counts, scores, volume)
     warnings += _veto_warnings(reports, veto, scores, [s.name for s in queries])
+    warnings += [
+        f"'{structures[value - 1].name}' was found on one axial slice only (slice {z}; slices {spacing:g} mm apart) "
+        "and removed: it is longer than two slices (pass keep_islands=True / --keep-islands to keep it)"
+        for value, z in one_slice.items()
+    ]
     return SegmentationResult(result, reports, warnings, card.name, scores)
 
 
