@@ -494,7 +494,7 @@ def check_resumable(work_dir: Path, config: TrainConfig) -> None:
     if changed:
         raise InputError(
             f"{work_dir} holds checkpoint {path.name} of a different run ({'; '.join(changed)}). "
-            "Use a new work directory, or the run's own settings to resume it."
+            "Start the new run under another name or work directory, or resume with the run's own settings."
         )
 
 
