@@ -25,7 +25,7 @@ from medfoundcore.io import Volume
 from medfoundcore.metrics import dice
 from medfoundcore.registry import load_model
 
-BODY_HU = -300.0  # CT voxels above this are body (or table): the crop is centred on their box
+BODY_HU = -300.0  # CT voxels above this are body (or table): the crop is centred on their box (a CT tool)
 
 
 def crop_window(image: Volume, fov_mm: tuple[float, float]) -> tuple[slice, slice, slice]:
