@@ -79,6 +79,24 @@ def test_oblique_roundtrip(shared_data: Path, tmp_path: Path, suffix: str) -> No
     np.testing.assert_array_equal(again.array, oblique.array)
 
 
+def test_a_crop_keeps_every_voxel_at_its_world_position(shared_data: Path) -> None:
+    """On an oblique, anisotropic grid a voxel of the crop and the same voxel of the whole volume map to
+    one RAS point (SimpleITK's own physical point checks the whole volume's mapping)."""
+    label = load_volume(shared_data / "totalsegmentator/ts_ct_sm_lab.nii.gz", label=True)
+    angle = np.deg2rad(23.0)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    volume = Volume(label.array, (0.7, 1.3, 2.9), (-12.25, 40.5, 101.125), rotation)
+    box = (slice(4, 20), slice(10, 60), slice(30, 90))
+    crop = volume.crop(box)
+    assert crop.shape == (16, 50, 60)
+    np.testing.assert_array_equal(crop.array, volume.array[box])
+    ijk_in_crop = np.array([[0, 0, 0], [7, 11, 5]])
+    ijk_in_volume = ijk_in_crop + [30, 10, 4]
+    assert np.allclose(crop.index_to_ras(ijk_in_crop), volume.index_to_ras(ijk_in_volume), atol=1e-9)
+    point_lps = crop.to_sitk().TransformIndexToPhysicalPoint((7, 11, 5))
+    assert np.allclose(volume.index_to_ras([37, 21, 9])[0], [-point_lps[0], -point_lps[1], point_lps[2]])
+
+
 def test_affine_conversions_are_inverse(shared_data: Path) -> None:
     volume = load_volume(shared_data / "openkbp/test_pt_243_img.nii.gz")
     rebuilt = Volume.from_affine_ras(volume.array, volume.affine_ras)

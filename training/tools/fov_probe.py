@@ -42,20 +42,13 @@ def crop_window(image: Volume, fov_mm: tuple[float, float]) -> tuple[slice, slic
     return tuple(window)
 
 
-def cropped(volume: Volume, window: tuple[slice, slice, slice]) -> Volume:
-    """The in-plane window as a volume (same spacing and direction; origin moved to the window's corner)."""
-    corner = np.array([window[2].start or 0, window[1].start or 0, 0], dtype=float)
-    origin = tuple(volume.affine_lps[:3, :3] @ corner + np.asarray(volume.origin))
-    return Volume(np.ascontiguousarray(volume.array[window]), volume.spacing, origin, volume.direction, dict(volume.meta))
-
-
 def probe(ref, keys: list[str], fovs: list[str], model: str) -> list[dict]:
     case = ref.load()
     truth, present = reference_map(case, keys)
     rows = []
     for fov in fovs:
         window = (slice(None),) * 3 if fov == "full" else crop_window(case.image, tuple(float(v) for v in fov.split("x")))
-        image, reference = cropped(case.image, window), truth.array[window]
+        image, reference = case.image.crop(window), truth.array[window]
         labels = segment(image, present, model=model, device="cpu").labels.array
         for i, key in enumerate(present):
             rows.append({"case": case.case_id, "fov": fov, "shape": list(image.shape), "structure": key,

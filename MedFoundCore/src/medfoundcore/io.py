@@ -78,6 +78,13 @@ class Volume:
             raise InputError(f"array shape {array.shape} does not match the volume grid {self.shape}")
         return Volume(array, self.spacing, self.origin, self.direction.copy(), {**self.meta, **meta})
 
+    def crop(self, box: tuple[slice, slice, slice]) -> Volume:
+        """The sub-volume ``array[box]`` (``(k, j, i)`` slices with steps of 1) with its own geometry: the
+        same spacing and direction, the origin moved to the box's first voxel. The array is a view."""
+        corner = np.array([box[2].start or 0, box[1].start or 0, box[0].start or 0], dtype=np.float64)
+        origin = self.affine_lps[:3, :3] @ corner + self.affine_lps[:3, 3]
+        return Volume(self.array[box], self.spacing, tuple(origin), self.direction.copy(), dict(self.meta))
+
     def index_to_ras(self, ijk: np.ndarray) -> np.ndarray:
         """Continuous ``(N, 3)`` voxel indices ``(i, j, k)`` → ``(N, 3)`` RAS millimetres."""
         ijk = np.atleast_2d(np.asarray(ijk, dtype=np.float64))

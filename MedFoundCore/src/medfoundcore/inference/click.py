@@ -407,12 +407,9 @@ def _feature_box(volume: Volume, positives_ras: np.ndarray, margin_mm: float, sp
     margin = margin_mm / np.array(volume.spacing)
     low = np.maximum(0, np.floor(index.min(axis=0) - margin)).astype(int)
     high = np.minimum(np.array(volume.shape[::-1]), np.ceil(index.max(axis=0) + margin) + 1).astype(int)
-    crop = volume.array[low[2] : high[2], low[1] : high[1], low[0] : high[0]]
-    modality = detect_modality(volume)
-    normalised = normalize_intensity(crop, modality) / 255.0
-    origin = volume.affine_lps[:3, :3] @ low + volume.affine_lps[:3, 3]
-    cropped = Volume(normalised.astype(np.float32), volume.spacing, tuple(origin), volume.direction.copy(), dict(volume.meta))
-    return resample_to_spacing(cropped, spacing_mm)
+    box = volume.crop((slice(low[2], high[2]), slice(low[1], high[1]), slice(low[0], high[0])))
+    normalised = normalize_intensity(box.array, detect_modality(volume)) / 255.0
+    return resample_to_spacing(box.with_array(normalised.astype(np.float32)), spacing_mm)
 
 
 def _token_grid_volume(box: Volume, grid: tuple[int, ...], patch: int) -> Volume:
