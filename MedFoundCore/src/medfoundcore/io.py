@@ -135,8 +135,12 @@ class Volume:
 # ----------------------------------------------------------------------------------------- reading
 
 
-def load_volume(path: str | os.PathLike[str], *, label: bool = False) -> Volume:
+def load_volume(path: str | os.PathLike[str], *, label: bool = False, series: str | None = None) -> Volume:
     """Read a NIfTI, NRRD, MHA/MHD file or a DICOM series folder into a :class:`Volume`.
+
+    A DICOM folder must hold one series, or ``series`` (SeriesInstanceUID or 1-based index in the
+    listing of the error) picks one; a ``.dcm`` file reads its own series. Unevenly spaced slices are
+    resampled to their true positions, with a warning in ``meta["warnings"]``.
 
     With ``label=True`` the voxels must be integers (an integer-valued float map is converted); any
     problem (missing, unreadable, not 3D, NaN/Inf, empty axis) raises :class:`InputError` naming the file.
@@ -145,7 +149,9 @@ def load_volume(path: str | os.PathLike[str], *, label: bool = False) -> Volume:
     if not path.exists():
         raise InputError(f"{path}: file not found")
     if path.is_dir():
-        image, meta = _read_dicom_series(path)
+        image, meta = _read_dicom_series(path, series)
+    elif path.suffix.lower() == ".dcm":
+        image, meta = _read_dicom_series(path.parent, series or _series_of_file(path))
     else:
         image, meta = _read_file(path)
     meta["source"] = str(path)
@@ -158,9 +164,16 @@ def load_volume(path: str | os.PathLike[str], *, label: bool = False) -> Volume:
     return volume
 
 
+def _series_of_file(path: Path) -> str | None:
+    """The SeriesInstanceUID GDCM groups ``path`` under (None: it is in no series of its folder)."""
+    target = path.resolve()
+    for s in dicom_series(path.parent):
+        if any(Path(f).resolve() == target for f in s.files):
+            return s.uid
+    return None
+
+
 def _read_file(path: Path) -> tuple[sitk.Image, dict[str, Any]]:
-    if path.suffix.lower() == ".dcm":
-        return _read_dicom_series(path.parent)
     if path.stat().st_size == 0:
         raise InputError(f"{path}: the file is empty (0 bytes)")
     if path.name.lower().endswith(".gz"):
@@ -214,17 +227,76 @@ def _check_gzip_complete(path: Path, chunk: int = 1 << 22) -> None:
         raise InputError(f"{path}: cannot be read: the file is truncated (incomplete gzip stream)")
 
 
-def _read_dicom_series(folder: Path) -> tuple[sitk.Image, dict[str, Any]]:
-    """Read the largest DICOM series in ``folder``, slices sorted by position along the slice normal."""
+@dataclass(frozen=True)
+class DicomSeries:
+    """One series of a DICOM folder, as listed when the folder holds several."""
+
+    uid: str
+    description: str
+    files: tuple[str, ...]
+    orientation: str
+
+    def describe(self, index: int) -> str:
+        return f"[{index}] {self.uid or '(no SeriesInstanceUID)'} '{self.description}' {len(self.files)} slices {self.orientation}"
+
+
+def dicom_series(folder: str | os.PathLike[str]) -> list[DicomSeries]:
+    """Every DICOM series in ``folder`` (GDCM's grouping by SeriesInstanceUID), largest first."""
+    folder = Path(folder)
     try:
-        series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+        ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     except RuntimeError as error:
         raise InputError(f"{folder}: cannot scan for DICOM files ({_sitk_reason(error)})") from None
-    if not series_ids:
+    found = []
+    for uid in ids:
+        files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
+        tags = _dicom_tags(files[0], ("0008|103e", "0020|0037"))
+        found.append(DicomSeries(uid, tags.get("0008|103e", "").strip(), files, _orientation_name(tags.get("0020|0037", ""))))
+    return sorted(found, key=lambda s: -len(s.files))
+
+
+def _dicom_tags(name: str, keys: tuple[str, ...]) -> dict[str, str]:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(name)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return {}
+    return {k: reader.GetMetaData(k) for k in keys if reader.HasMetaDataKey(k)}
+
+
+def _orientation_name(cosines: str) -> str:
+    """'axial' / 'coronal' / 'sagittal' / 'oblique' from Image Orientation (Patient)."""
+    try:
+        values = np.array([float(v) for v in cosines.split("\\")])
+        normal = np.abs(np.cross(values[:3], values[3:]))
+    except (ValueError, IndexError):
+        return "orientation unknown"
+    if normal.max() < 0.99:
+        return "oblique"
+    return ("sagittal", "coronal", "axial")[int(normal.argmax())]
+
+
+def _choose_series(folder: Path, series: list[DicomSeries], wanted: str | None) -> tuple[DicomSeries, list[str]]:
+    """The one series to read: the only one, or the one ``wanted`` names (UID or 1-based index)."""
+    if not series:
         raise InputError(f"{folder}: no DICOM series found in this folder")
-    series = [sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids]
-    files = max(series, key=len)
-    files = _sort_by_slice_position(folder, list(files))
+    listing = "; ".join(s.describe(i + 1) for i, s in enumerate(series))
+    if wanted is None:
+        if len(series) == 1:
+            return series[0], []
+        raise InputError(f"{folder}: holds {len(series)} DICOM series; pick one with --series UID or --series INDEX: {listing}")
+    for i, s in enumerate(series):
+        if wanted in (s.uid, str(i + 1)):
+            others = [f"{folder} holds {len(series)} DICOM series; read {s.describe(i + 1)} as asked"] if len(series) > 1 else []
+            return s, others
+    raise InputError(f"{folder}: no DICOM series {wanted!r}; the folder holds: {listing}")
+
+
+def _read_dicom_series(folder: Path, wanted: str | None = None) -> tuple[sitk.Image, dict[str, Any]]:
+    """Read one DICOM series of ``folder`` onto a uniform grid at the slices' true positions."""
+    chosen, warnings = _choose_series(folder, dicom_series(folder), wanted)
+    files, positions = _slice_positions(folder, list(chosen.files))
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()
@@ -232,30 +304,65 @@ def _read_dicom_series(folder: Path) -> tuple[sitk.Image, dict[str, Any]]:
         image = reader.Execute()
     except RuntimeError as error:
         raise InputError(f"{folder}: the DICOM series cannot be read ({_sitk_reason(error)})") from None
-    meta: dict[str, Any] = {"dicom_files": len(files)}
+    _check_dimensions(folder, image.GetDimension(), image.GetSize(), image.GetNumberOfComponentsPerPixel())
+    image, gap_warning = _uniform_slices(folder, image, positions)
+    meta: dict[str, Any] = {
+        "dicom_files": len(files),
+        "dicom_series": {"uid": chosen.uid, "description": chosen.description, "slices": len(files), "orientation": chosen.orientation},
+        "warnings": warnings + ([gap_warning] if gap_warning else []),
+    }
     if reader.HasMetaDataKey(0, "0008|0060"):
         meta["modality"] = reader.GetMetaData(0, "0008|0060").strip()
-    _check_dimensions(folder, image.GetDimension(), image.GetSize(), image.GetNumberOfComponentsPerPixel())
     return image, meta
 
 
-def _sort_by_slice_position(folder: Path, files: list[str]) -> list[str]:
-    """Order DICOM files by Image Position (Patient) projected on the slice normal."""
+def _slice_positions(folder: Path, files: list[str]) -> tuple[list[str], np.ndarray]:
+    """Files ordered along the slice normal (GDCM's order, checked) and their positions (mm) there,
+    from Image Position (Patient): the only trustworthy source of the slice spacing."""
     positions = []
     for name in files:
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(name)
+        tags = _dicom_tags(name, ("0020|0032", "0020|0037"))
         try:
-            reader.ReadImageInformation()
-            position = np.array([float(v) for v in reader.GetMetaData("0020|0032").split("\\")])
-            cosines = np.array([float(v) for v in reader.GetMetaData("0020|0037").split("\\")])
-        except (RuntimeError, ValueError):
+            position = np.array([float(v) for v in tags["0020|0032"].split("\\")])
+            cosines = np.array([float(v) for v in tags["0020|0037"].split("\\")])
+        except (KeyError, ValueError):
             raise InputError(f"{name}: DICOM slice without a readable Image Position/Orientation (Patient)") from None
-        normal = np.cross(cosines[:3], cosines[3:])
-        positions.append(float(position @ normal))
-    if len(set(np.round(positions, 4))) < len(positions):
+        positions.append(float(position @ np.cross(cosines[:3], cosines[3:])))
+    order = np.argsort(positions, kind="stable")
+    positions = np.asarray(positions)[order]
+    if len(positions) > 1 and np.min(np.diff(positions)) < 1e-4:
         raise InputError(f"{folder}: several DICOM slices share one position; the folder mixes series or time points")
-    return [name for _, name in sorted(zip(positions, files))]
+    return [files[i] for i in order], positions
+
+
+def _uniform_slices(folder: Path, image: sitk.Image, positions: np.ndarray, tolerance: float = 0.05) -> tuple[sitk.Image, str | None]:
+    """ITK stacks slices as if evenly spaced; where they are not (missing slices, mixed spacing) the
+    stack is resampled by linear interpolation onto a uniform grid at the smallest step, so every
+    voxel sits at its true position. Returns the image and a warning (None when already uniform)."""
+    if len(positions) < 3:
+        return image, None
+    steps = np.diff(positions)
+    step = float(steps.min())
+    if np.all(np.abs(steps - step) <= tolerance * step):
+        return image, None
+    count = int(round((positions[-1] - positions[0]) / step)) + 1
+    if count > 4 * len(positions):
+        raise InputError(f"{folder}: DICOM slice positions are too irregular to resample ({len(positions)} slices, steps {steps.min():.3g}-{steps.max():.3g} mm)")
+    source = sitk.GetArrayFromImage(image).astype(np.float32)
+    target = positions[0] + step * np.arange(count)
+    lower = np.clip(np.searchsorted(positions, target, side="right") - 1, 0, len(positions) - 2)
+    weight = ((target - positions[lower]) / (positions[lower + 1] - positions[lower])).astype(np.float32)[:, None, None]
+    out = sitk.GetImageFromArray((1 - weight) * source[lower] + weight * source[lower + 1])
+    out.SetOrigin(image.GetOrigin())
+    out.SetDirection(image.GetDirection())
+    out.SetSpacing((*image.GetSpacing()[:2], step))
+    gaps = [f"{positions[i]:.1f}-{positions[i + 1]:.1f} mm" for i in np.flatnonzero(steps > (1 + tolerance) * step)]
+    warning = (
+        f"{folder}: DICOM slices are not evenly spaced (steps {steps.min():.3g}-{steps.max():.3g} mm; gaps at {', '.join(gaps[:5])}"
+        f"{' ...' if len(gaps) > 5 else ''}): resampled to {count} slices {step:.3g} mm apart, "
+        f"{count - len(positions)} of them interpolated from their neighbours"
+    )
+    return out, warning
 
 
 def _check_dimensions(path: Path, dimension: int, size: tuple[int, ...], components: int) -> None:
@@ -303,6 +410,33 @@ def _as_label_array(path: Path, array: np.ndarray) -> np.ndarray:
     return array.astype(dtype, copy=False)
 
 
+LABEL_MAP_MAX_VALUES = 128  # label maps seen: <= 117 values; real images: >= 225 (8-bit MRI) and thousands (CT)
+
+
+def label_map_reason(volume: Volume) -> str | None:
+    """Why ``volume`` looks like a label map rather than an image (None: it looks like an image):
+    integer values only, few of them, and neighbouring voxels of a structure mostly equal."""
+    array = volume.array
+    sample = array.ravel()[:: max(1, array.size // 200_000)]
+    if np.unique(sample).size > LABEL_MAP_MAX_VALUES:
+        return None
+    values = np.unique(array)
+    if values.size > LABEL_MAP_MAX_VALUES or not np.all(values == np.round(values)):
+        return None
+    both = (array[..., 1:] != 0) & (array[..., :-1] != 0)
+    if both.sum() and np.count_nonzero((array[..., 1:] == array[..., :-1]) & both) < 0.8 * both.sum():
+        return None
+    return f"it holds only {values.size} integer values ({', '.join(f'{v:g}' for v in values[:8])}{' ...' if values.size > 8 else ''}) in uniform patches"
+
+
+def refuse_label_map(volume: Volume, force: bool = False) -> None:
+    """Segmenting a label map gives confident nonsense ("liver 48.2 ml"): refuse it unless forced."""
+    reason = None if force else label_map_reason(volume)
+    if reason:
+        source = volume.meta.get("source", "the image")
+        raise InputError(f"{source}: looks like a label map, not an image ({reason}); give the CT/MRI image itself, or pass --force (force=True) if it really is one")
+
+
 def _sitk_reason(error: Exception) -> str:
     """The most telling line of a (long, multi-line) ITK exception."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
@@ -321,21 +455,81 @@ def _suffix(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` (same suffix); rename it onto ``path`` only on success."""
-    path = Path(path)
-    suffix = _suffix(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same suffix); move it onto ``path`` only on success.
+    With ``overwrite=False`` an existing ``path`` is never replaced, even one created meanwhile."""
+    with atomic_outputs([path], overwrite=overwrite) as (tmp,):
         yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; the user expects their umask
-        os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_outputs(paths: list[str | os.PathLike[str]], *, overwrite: bool = False) -> Iterator[list[Path]]:
+    """Temporary paths for several outputs, published together when the block succeeds: if any cannot
+    be published, those already published are removed again, so either all appear or none. Without
+    ``overwrite`` the final step is a hard link (``os.link`` fails on an existing name), so a file
+    another process wrote meanwhile is never silently replaced."""
+    targets = [Path(p) for p in paths]
+    temps: list[Path] = []
+    published: list[Path] = []
+    try:
+        for path in targets:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{_suffix(path)}", dir=path.parent)
+            os.close(fd)
+            temps.append(Path(name))
+        yield temps
+        for tmp, path in zip(temps, targets):
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; the user expects their umask
+            _publish(tmp, path, overwrite)
+            published.append(path)
+    except BaseException:
+        for path in published:
+            path.unlink(missing_ok=True)
+        raise
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+
+
+def _publish(tmp: Path, path: Path, overwrite: bool) -> None:
+    """Move ``tmp`` onto ``path``; without ``overwrite`` fail if ``path`` exists at that very moment."""
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise InputError(f"{path}: was created by another process while this one ran; not replaced (pass --overwrite to replace it)") from None
+    except OSError:  # no hard links on this file system: claim the name exclusively, then fill it
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            raise InputError(f"{path}: was created by another process while this one ran; not replaced (pass --overwrite to replace it)") from None
+        os.replace(tmp, path)
+
+
+def check_writable(path: str | os.PathLike[str], *, overwrite: bool) -> None:
+    """Fail now, before a long computation, if ``path`` cannot be written (or exists without ``overwrite``)."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; give a file name")
+    if path.exists() and not overwrite:
+        raise InputError(f"{path}: already exists; choose another path or pass --overwrite")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise InputError(f"{path}: cannot be written: {folder} is a file, not a folder")
+    if not path.parent.exists():
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise InputError(f"{path}: cannot be written: no permission to create folders in {folder}")
+        return
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=folder)
+    except OSError as error:
+        raise InputError(f"{path}: cannot be written ({error.strerror or error})") from None
+    os.close(fd)
+    os.unlink(name)
 
 
 def _umask() -> int:
@@ -344,15 +538,19 @@ def _umask() -> int:
     return current
 
 
-def save_volume(volume: Volume, path: str | os.PathLike[str], *, compress: bool = True) -> Path:
+def save_volume(volume: Volume, path: str | os.PathLike[str], *, compress: bool = True, overwrite: bool = True) -> Path:
     """Write ``volume`` as NIfTI/NRRD/MHA with its geometry; the file appears only once complete."""
     path = Path(path)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        write_volume(volume, tmp, path, compress=compress)
+    return path
+
+
+def write_volume(volume: Volume, tmp: Path, path: Path, *, compress: bool = True) -> None:
+    """Write ``volume`` to ``tmp`` in the format of ``path`` (the name errors report)."""
     if _suffix(path) not in WRITE_SUFFIXES:
         raise InputError(f"{path}: cannot write this format; use one of {', '.join(WRITE_SUFFIXES)}")
-    image = volume.to_sitk()
-    with atomic_path(path) as tmp:
-        try:
-            sitk.WriteImage(image, str(tmp), useCompression=compress)
-        except RuntimeError as error:
-            raise InputError(f"{path}: cannot be written ({_sitk_reason(error)})") from None
-    return path
+    try:
+        sitk.WriteImage(volume.to_sitk(), str(tmp), useCompression=compress)
+    except RuntimeError as error:
+        raise InputError(f"{path}: cannot be written ({_sitk_reason(error)})") from None

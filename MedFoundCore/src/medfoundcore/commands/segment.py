@@ -1,8 +1,9 @@
 """``medfound segment IMAGE -p PROMPT [-p ...] -o OUT``: text-prompted segmentation of a 3D volume.
 
-Label i of OUT is the i-th prompt. The output (and the JSON report) appear only when the whole run
-succeeded; on an error or a cancellation nothing is written. Existing files are never replaced without
-``--overwrite``, and the input image never.
+Label i of OUT is the i-th distinct structure (prompts naming one structure share its label). The
+output and the JSON report are checked for writability before inference and appear together, only when
+the whole run succeeded; on an error or a cancellation nothing is written. Existing files, even ones
+another process creates meanwhile, are never replaced without ``--overwrite``, and the input image never.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from ..device import DEVICE_CHOICES
 from ..errors import InputError
-from ..io import atomic_path, load_volume, save_volume
+from ..io import atomic_outputs, check_writable, load_volume, refuse_label_map, write_volume
 from ..progress import CancelToken, cli_progress
 
 
@@ -32,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="keep a structure on axial slices where the model sees a distant body region (e.g. liver beside the brain)",
     )
     parser.add_argument("--keep-islands", action="store_true", help="keep what the model returned for one-piece organs: small separate pieces, and a result on one slice only")
+    parser.add_argument("--series", help="DICOM folder with several series: the SeriesInstanceUID or index (as listed) to read")
+    parser.add_argument("--best-effort", action="store_true", help="also segment structures the model was not trained on (an untrained guess; an empty result proves nothing)")
+    parser.add_argument("--force", action="store_true", help="segment an image even if it looks like a label map")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT / the JSON report if they exist")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -43,8 +47,9 @@ def _check_outputs(args: argparse.Namespace) -> list[Path]:
     for out in outputs:
         if out.resolve() == image:
             raise InputError(f"{out}: is the input image; choose another output path")
-        if out.exists() and not args.overwrite:
-            raise InputError(f"{out}: already exists; choose another path or pass --overwrite")
+        check_writable(out, overwrite=args.overwrite)
+    if len(outputs) == 2 and outputs[0].resolve() == outputs[1].resolve():
+        raise InputError(f"{outputs[1]}: is also the output label map; choose another path for --json")
     if args.batch_size is not None and args.batch_size < 1:
         raise InputError(f"--batch-size must be ≥ 1, got {args.batch_size}")
     return outputs
@@ -52,29 +57,37 @@ def _check_outputs(args: argparse.Namespace) -> list[Path]:
 
 def run(args: argparse.Namespace, cancel: CancelToken | None = None) -> int:
     """Handler of ``medfound segment``; ``cancel`` lets tests and embedding code stop it."""
+    from ..inference.prompts import plan_prompts
     from ..inference.segment import segment
-
     from ..vocabulary import load_vocabulary
 
     _check_outputs(args)
-    for prompt in args.prompts:  # fail on a bad prompt before reading a large image
-        load_vocabulary().normalize_prompt(prompt)
-    volume = load_volume(args.image)
+    plan_prompts(args.prompts, load_vocabulary(), None)  # fail on a bad prompt before reading a large image
+    volume = load_volume(args.image, series=args.series)
+    refuse_label_map(volume, args.force)
     bar = cli_progress(disable=args.quiet)
     try:
         result = segment(
             volume, args.prompts, model=args.model, device=args.device, batch_size=args.batch_size,
-            region_check=not args.no_region_check, keep_islands=args.keep_islands, progress=bar, cancel=cancel,
+            region_check=not args.no_region_check, keep_islands=args.keep_islands, best_effort=args.best_effort,
+            force=args.force, progress=bar, cancel=cancel,
         )
     finally:
         bar.close()
     for warning in result.warnings:
         print(f"medfound: warning: {warning}", file=sys.stderr)
-    save_volume(result.labels, args.output)
-    if args.json_out:
-        with atomic_path(args.json_out) as tmp:
-            tmp.write_text(json.dumps({"image": str(args.image), "output": str(args.output), **result.to_dict()}, indent=1))
+    _write_outputs(args, result, volume.meta.get("dicom_series"))
     for r in result.reports:
-        state = f"{r.volume_ml:.1f} ml in {r.slices_present} slices (mean ω {r.mean_presence:.2f})" if r.found else "not found"
-        print(f"{r.label}: {r.structure_name} <- {r.prompt!r}: {state}")
+        state = f"{r.volume_ml:.1f} ml in {r.slices_present} slices (mean ω {r.mean_presence:.2f})" if r.found else r.status
+        print(f"{r.label}: {r.structure_name} <- {', '.join(repr(p) for p in r.prompts)}: {state}")
     return 0
+
+
+def _write_outputs(args: argparse.Namespace, result, series: dict | None) -> None:
+    """The label map and the JSON report, published together (neither if one fails)."""
+    paths = [Path(args.output), *([Path(args.json_out)] if args.json_out else [])]
+    with atomic_outputs(paths, overwrite=args.overwrite) as temps:
+        write_volume(result.labels, temps[0], paths[0])
+        if args.json_out:
+            report = {"image": str(args.image), "output": str(args.output), **({"dicom_series": series} if series else {}), **result.to_dict()}
+            temps[1].write_text(json.dumps(report, indent=1))

@@ -28,9 +28,10 @@ import torch.nn.functional as F
 from .. import fve
 from ..device import autocast, resolve_device
 from ..errors import Cancelled, InputError
-from ..io import Volume
+from ..io import Volume, refuse_label_map
 from ..preprocess import content_mask, detect_modality, normalize_intensity, select_view
 from ..progress import CancelToken, ProgressCallback, check, report
+from .prompts import PromptPlan, plan_prompts
 from .postprocess import drop_vetoed_pieces, remove_islands
 from .region_veto import RegionVeto, rivals_seen, slices_are_axial, vetoed_slices
 
@@ -41,8 +42,12 @@ _CHUNK = 32  # slices normalised / resized at once (bounds temporary memory)
 
 @dataclass
 class PromptReport:
-    """What was found for one prompt; ``mean_presence`` is the mean ISD ω over the slices kept;
-    ``slices_ruled_out`` counts slices on which a 3D piece of it was dropped by the anatomical veto."""
+    """What was found for one structure (``prompts``: every prompt that named it; ``prompt``: the first);
+    ``mean_presence`` is the mean ISD ω over the slices kept; ``slices_ruled_out`` counts slices on
+    which a 3D piece of it was dropped by the anatomical veto. ``status`` keeps apart what an empty
+    result means: "not present" (the model looked and saw none), "not known to this model" (a
+    best-effort prompt the model was never trained on), "outvoted" (seen, but every voxel went to a
+    more confident prompt) and "removed" (dropped by the anatomical veto or the one-slice rule)."""
 
     prompt: str
     structure_key: str
@@ -54,9 +59,12 @@ class PromptReport:
     slices_present: int
     mean_presence: float
     slices_ruled_out: int = 0
+    prompts: list[str] = field(default_factory=list)
+    known_to_model: bool = True
+    status: str = "found"
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "color": list(self.color)}
+        return {**self.__dict__, "color": list(self.color), "prompts": list(self.prompts)}
 
 
 @dataclass
@@ -148,10 +156,15 @@ def segment(
     use_isd: bool = True,
     region_check: bool = True,
     keep_islands: bool = False,
+    best_effort: bool = False,
+    force: bool = False,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> SegmentationResult:
-    """Segment every prompted structure in ``volume``; label i of the result is the i-th prompt.
+    """Segment every prompted structure in ``volume``; label i of the result is the i-th distinct
+    structure (``inference.prompts.plan_prompts``: duplicate prompts share one label, a structure with
+    one of its parts is refused, and so is a structure the model was not trained on unless
+    ``best_effort``). An image that looks like a label map is refused unless ``force``.
 
     Raises InputError for an empty/unknown prompt (listing the nearest known names) and Cancelled when
     ``cancel`` fires (nothing is returned or written). ``use_isd=False`` keeps raw masks (ablation).
@@ -163,19 +176,16 @@ def segment(
     """
     from ..vocabulary import load_vocabulary
 
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    if not prompts:
-        raise InputError("no prompt given: name at least one structure, e.g. -p liver")
-    vocab = load_vocabulary()
-    structures = [vocab.normalize_prompt(p) for p in prompts]
-    if len(structures) > 255:
-        raise InputError(f"{len(structures)} prompts given; at most 255 fit one label map")
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     dev = resolve_device(device)
     net, cfg, card = _load(str(model), str(dev))
+    vocab = load_vocabulary()
+    plan = plan_prompts(prompts, vocab, _known(card), best_effort, f"model {card.name!r}")
+    structures = plan.structures
+    refuse_label_map(volume, force)
     modality = detect_modality(volume)
-    warnings = [w for s in structures if (w := vocab.modality_mismatch(s, modality))]
-    warnings += _unknown_to_model(structures, card)
+    warnings = [*volume.meta.get("warnings", []), *plan.warnings]
+    warnings += [w for s in structures if (w := vocab.modality_mismatch(s, modality))]
     axis = select_view(volume.shape)
     axial = slices_are_axial(volume, axis)
     use_veto = region_check and axial
@@ -197,9 +207,10 @@ def segment(
     counts = np.stack([np.bincount(plane.ravel(), minlength=len(structures) + 1) for plane in labels])
     labels = np.ascontiguousarray(np.moveaxis(labels, 0, axis))
     result = volume.with_array(labels)
-    result.meta = {**volume.meta, "modality": "label", "prompts": list(prompts)}
-    reports = _reports(prompts, structures, counts, scores, volume)
+    result.meta = {**volume.meta, "modality": "label", "prompts": [str(p) for p in prompts], "label_of_prompt": plan.label_of}
+    reports = _reports(plan, counts, scores, volume, {structures[v - 1].key for v in one_slice})
     warnings += _veto_warnings(reports, veto, scores, [s.name for s in queries])
+    warnings += _outvoted_warnings(reports)
     warnings += [
         f"'{structures[value - 1].name}' was found on one axial slice only (slice {z}; slices {spacing:g} mm apart) "
         "and removed: it is longer than two slices (pass keep_islands=True / --keep-islands to keep it)"
@@ -210,15 +221,6 @@ def segment(
 
 def _known(card) -> set[str]:
     return {s.get("key") for s in card.structures}
-
-
-def _unknown_to_model(structures, card) -> list[str]:
-    trained = _known(card)
-    return [
-        f"model {card.name!r} was not trained on '{s.name}': the result is a guess from the text embedding"
-        for s in structures
-        if trained and s.key not in trained
-    ]
 
 
 def _veto_warnings(reports, veto: RegionVeto, scores: SliceScores, names: list[str]) -> list[str]:
@@ -429,17 +431,19 @@ def _nms(masks: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------ reports
-def _reports(prompts, structures, counts, scores: SliceScores, volume) -> list[PromptReport]:
-    """One report per prompt from ``counts`` [slice, label] (voxels of each label in each slice)."""
+def _reports(plan: PromptPlan, counts, scores: SliceScores, volume, removed: set[str]) -> list[PromptReport]:
+    """One report per distinct structure from ``counts`` [slice, label] (voxels of each label per slice)."""
     out = []
-    for i, (prompt, s) in enumerate(zip(prompts, structures)):
+    for i, s in enumerate(plan.structures):
         count = int(counts[:, i + 1].sum())
         per_slice = counts[:, i + 1] > 0
         found_slices = scores.kept[:, i] & per_slice
         mean = float(scores.omega[found_slices, i].mean()) if found_slices.any() else 0.0
+        ruled_out = int(scores.dropped[:, i].sum())
+        known = s.key not in plan.untrained
         out.append(
             PromptReport(
-                prompt=str(prompt),
+                prompt=plan.prompts_of[i][0],
                 structure_key=s.key,
                 structure_name=s.name,
                 color=tuple(int(c) for c in s.color),
@@ -448,10 +452,33 @@ def _reports(prompts, structures, counts, scores: SliceScores, volume) -> list[P
                 volume_ml=round(count * volume.voxel_volume_ml, 3),
                 slices_present=int(per_slice.sum()),
                 mean_presence=round(mean, 4),
-                slices_ruled_out=int(scores.dropped[:, i].sum()),
+                slices_ruled_out=ruled_out,
+                prompts=list(plan.prompts_of[i]),
+                known_to_model=known,
+                status=_status(count, known, bool(ruled_out) or s.key in removed, bool(scores.candidate[:, i].any())),
             )
         )
     return out
+
+
+def _status(count: int, known: bool, removed: bool, seen: bool) -> str:
+    """Why a structure has the voxels it has (see :class:`PromptReport`)."""
+    if count:
+        return "found" if known else "found (best effort: not known to this model)"
+    if not known:
+        return "not known to this model"
+    if removed:
+        return "removed"
+    return "outvoted" if seen else "not present"
+
+
+def _outvoted_warnings(reports: list[PromptReport]) -> list[str]:
+    return [
+        f"'{r.structure_name}' was seen but lost every voxel to a more confident prompt: it is not absent; "
+        "segment it in a run of its own"
+        for r in reports
+        if r.status == "outvoted"
+    ]
 
 
 __all__ = ["segment", "SegmentationResult", "PromptReport", "model_slices", "prompt_text", "label_map", "Cancelled"]
