@@ -169,3 +169,38 @@ def test_outputs_appear_together_and_a_concurrent_result_is_never_replaced(ct_pa
             report.write_text("the other run's report")  # another writer wins the race for one name
     assert not image.exists() and report.read_text() == "the other run's report"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["seg.json"]  # no temp files either
+
+
+# ----------------------------------------------------------------------------------------- errors
+def test_long_prompts_are_shortened_and_foie_suggests_no_spleen(ct_path: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "seg.nii.gz"
+    assert _segment(str(ct_path), "-p", "x" * 10_000, "-o", str(out)) == 2
+    err = capsys.readouterr().err
+    assert len(err) < 400 and "10000 characters" in err
+    assert _segment(str(ct_path), "-p", "foie", "-o", str(out)) == 2
+    err = capsys.readouterr().err
+    assert "unknown structure" in err and "spleen" not in err
+    assert _segment(str(ct_path), "-p", "spleeen", "-o", str(out)) == 2
+    assert "'spleen'" in capsys.readouterr().err  # a real typo still gets its suggestion
+
+
+@pytest.mark.parametrize("delay_s", [0.5, 1.5, 4.0])  # during the imports of the package and its commands, then while running
+def test_ctrl_c_at_any_moment_exits_130_with_one_line(ct_path: Path, tmp_path: Path, delay_s: float) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = Path(sys.executable).with_name("medfound")
+    proc = subprocess.Popen(
+        [str(script), "segment", str(ct_path), "-p", "liver", "-o", str(tmp_path / "seg.nii.gz"), "--device", "cpu", "--quiet", "--model", MODEL],
+        stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    time.sleep(delay_s)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.fail(f"finished within {delay_s} s: the interrupt came too late to test anything")
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == ["medfound: interrupted; no output was written"]
+    assert not (tmp_path / "seg.nii.gz").exists()

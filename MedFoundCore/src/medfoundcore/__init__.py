@@ -6,12 +6,23 @@ and :func:`click` (point prompts). Heavy parts (models, text encoder) load lazil
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .io import Volume, load_volume, save_volume
+if TYPE_CHECKING:  # pragma: no cover
+    from .io import Volume
 
 __version__ = "0.1.0"
 __all__ = ["Volume", "load_volume", "save_volume", "segment", "click", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    """``Volume``, ``load_volume``, ``save_volume`` load on first use, so that ``medfound`` starts (and
+    can answer Ctrl-C with one line) before numpy and SimpleITK are imported."""
+    if name in ("Volume", "load_volume", "save_volume"):
+        from . import io
+
+        return getattr(io, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def segment(volume: Volume, prompts: list[str], model: str = "default", device: str = "auto", **kwargs: Any) -> Any:

@@ -35,12 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``medfound`` with ``argv``; returns the exit code (also used by the console script)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return EXIT_ERROR
     try:
+        parser = build_parser()  # imports every command: Ctrl-C may land here
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return EXIT_ERROR
         return int(args.func(args) or 0)
     except Cancelled:
         print("medfound: cancelled; no output was written", file=sys.stderr)

@@ -21,3 +21,9 @@ class Cancelled(MedFoundError):
 
 class ModelError(MedFoundError):
     """A model is missing, corrupt (checksum mismatch) or incompatible with this version."""
+
+
+def shorten(text: object, limit: int = 80) -> str:
+    """``text`` cut to ``limit`` characters for an error message: a pasted report must not flood the terminal."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"

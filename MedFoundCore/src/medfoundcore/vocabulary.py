@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Iterator, Literal, NamedTuple
 
-from medfoundcore.errors import InputError
+from medfoundcore.errors import InputError, shorten
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from medfoundcore.text import TextEncoder
@@ -66,7 +66,7 @@ class UnknownStructureError(InputError):
         self.suggestions = suggestions
         hint = f" Did you mean: {', '.join(repr(s) for s in suggestions)}?" if suggestions else ""
         super().__init__(
-            f"prompt {prompt!r}: unknown structure.{hint} "
+            f"prompt {shorten(prompt)!r}: unknown structure.{hint} "
             "Every known name: medfoundcore.vocabulary.load_vocabulary().names()."
         )
 
@@ -344,7 +344,8 @@ class Vocabulary:
         for key, aliases in self._aliases.items():
             for alias in aliases:
                 alias_to_name.setdefault(" ".join(_tokens(alias)), self._structures[key].name)
-        matches = difflib.get_close_matches(cleaned, list(alias_to_name), n=4 * n, cutoff=0.5)
+        # 0.6, not difflib's 0.5: below it a suggestion shares letters, not meaning ("foie" -> "lien" -> spleen)
+        matches = difflib.get_close_matches(cleaned, list(alias_to_name), n=4 * n, cutoff=0.6)
         names: list[str] = []
         for m in matches:
             if alias_to_name[m] not in names:

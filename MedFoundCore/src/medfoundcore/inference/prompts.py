@@ -13,10 +13,9 @@ import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..errors import InputError
+from ..errors import InputError, shorten
 from ..vocabulary import Structure, Vocabulary
 
-MAX_PROMPT_CHARS = 80
 MAX_LABELS = 255
 
 
@@ -31,12 +30,6 @@ class PromptPlan:
     prompts_of: list[list[str]]
     warnings: list[str] = field(default_factory=list)
     untrained: frozenset[str] = frozenset()
-
-
-def shorten(text: str, limit: int = MAX_PROMPT_CHARS) -> str:
-    """``text`` cut to ``limit`` characters (with an ellipsis and the full length) for error messages."""
-    text = str(text)
-    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
 
 
 def plan_prompts(
