@@ -204,3 +204,54 @@ def test_ctrl_c_at_any_moment_exits_130_with_one_line(ct_path: Path, tmp_path: P
     assert proc.returncode == 130, err
     assert err.strip().splitlines() == ["medfound: interrupted; no output was written"]
     assert not (tmp_path / "seg.nii.gz").exists()
+
+
+# ----------------------------------------------------------------------------------------- train-seg provenance
+def _tiny_train(**overrides):
+    from medfoundcore.train.segment import TrainConfig
+
+    base = dict(
+        preset="tiny", image_size=64, fve_k=1, steps=6, lr=2e-3, warmup_steps=2, batch_size=2, prompts_per_image=2,
+        synth_fraction=0.0, augment=False, device="cpu", checkpoint_every=3, log_every=1, seed=0, structures=["liver", "spleen"],
+    )
+    return TrainConfig(**{**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def two_cases(shared_data: Path):
+    from medfoundcore.data.datasets import find_cases
+
+    refs = find_cases([shared_data / "totalsegmentator" / "ts_ct_sm_img.nii.gz", shared_data / "totalsegmentator" / "ts_mr_sm_img.nii.gz"])
+    return [r.load() for r in refs]
+
+
+def test_resume_refuses_other_data_and_cleans_partial_checkpoints(two_cases, tmp_path: Path, medfound_home: Path, one_thread) -> None:
+    from medfoundcore.errors import Cancelled
+    from medfoundcore.progress import CancelToken
+    from medfoundcore.train.checkpoint import latest_checkpoint
+    from medfoundcore.train.segment import train_segmenter
+
+    ct, mr = two_cases
+    token = CancelToken()
+    with pytest.raises(Cancelled):
+        train_segmenter([ct], _tiny_train(), "prov", tmp_path / "run", cancel=token, on_metrics=lambda m: m["step"] == 4 and token.cancel())
+    last = latest_checkpoint(tmp_path / "run")
+    partial = tmp_path / "run" / ".step-00000006.pt.k1ll3d.part.pt"  # what a kill -9 during a save leaves
+    partial.write_bytes(last.read_bytes()[:1000])
+    with pytest.raises(InputError, match="different training data"):
+        train_segmenter([mr], _tiny_train(), "prov", tmp_path / "run")
+    with pytest.raises(InputError, match="different training data"):
+        train_segmenter([ct, mr], _tiny_train(), "prov", tmp_path / "run")
+    assert latest_checkpoint(tmp_path / "run") == last and not partial.exists()
+
+
+def test_resuming_a_finished_run_keeps_its_card(two_cases, tmp_path: Path, medfound_home: Path, one_thread) -> None:
+    from medfoundcore.train.segment import train_segmenter
+
+    ct, _ = two_cases
+    out = tmp_path / "model"
+    train_segmenter([ct], _tiny_train(), "done", tmp_path / "run", output_dir=out)
+    card = (out / "card.json").read_bytes()
+    assert json.loads(card)["metrics"]["train_history"]
+    again = train_segmenter([ct], _tiny_train(), "done", tmp_path / "run", output_dir=out)
+    assert again == out and (out / "card.json").read_bytes() == card

@@ -12,6 +12,7 @@ import torch
 from ..io import atomic_path
 
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d+)\.pt$")
+PARTIAL_PATTERN = re.compile(r"^\.step-\d+\.pt\..+\.part\.pt$")  # atomic_path's temp names
 
 
 def checkpoint_path(directory: str | os.PathLike[str], step: int) -> Path:
@@ -46,3 +47,14 @@ def prune_checkpoints(directory: str | os.PathLike[str], keep: int = 2) -> None:
     steps = sorted((int(m.group(1)), p) for p in directory.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name)))
     for _, path in steps[:-keep] if keep > 0 else steps:
         path.unlink(missing_ok=True)
+
+
+def remove_partial_checkpoints(directory: str | os.PathLike[str]) -> list[Path]:
+    """Delete temp files of checkpoints whose writer was killed (they are never complete); returns them."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    stale = [p for p in directory.iterdir() if PARTIAL_PATTERN.match(p.name)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale

@@ -30,7 +30,9 @@ from ..inference.segment import PREPROCESSING_VERSION, context_half, fve_images,
 from ..preprocess import detect_modality, select_view, training_views
 from ..progress import CancelToken, ProgressCallback, check, report
 from . import distributed
-from .checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
+from .checkpoint import (
+    checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, remove_partial_checkpoints, save_checkpoint,
+)
 
 MetricsCallback = Callable[[dict[str, float]], None]
 
@@ -351,16 +353,25 @@ def train_segmenter(
     model, model_cfg, base_card = _build_model(config)
     config = replace(config, image_size=model_cfg.image_size, fve_k=model_cfg.fve_k)
     check_resumable(work_dir, config)
+    if dist.is_main:
+        remove_partial_checkpoints(work_dir)
     prepared = _resolve_cases(cases, config, vocab, progress, cancel)
+    data = data_digest(prepared)
+    check_same_data(work_dir, data)
     keys = sorted({k for c in prepared for k in c.values} | {k for c in prepared for k in c.foreign})
     texts = [prompt_text(vocab.get(k)) for k in keys]
     table = TextEncoder().encode(texts).float().to(dist.device)
     loop = _Loop(model, distributed.wrap(model.to(dist.device), dist), SampleBuilder(prepared, keys, config), table, config, dist)
     loop.total = _total_steps(config, prepared)
+    loop.data = data
     loop.start(work_dir)
+    resumed_at = loop.step
     history = loop.run(work_dir, progress, cancel, on_metrics)
     directory = None
-    if dist.is_main:
+    finished = _finished_model(output_name, output_dir) if loop.step == resumed_at else None
+    if finished is not None:  # a resume of a finished run: its model and card stay as they are
+        directory = finished
+    elif dist.is_main:
         card = _make_card(output_name, model_cfg, config, vocab, prepared, texts, base_card, history, loop)
         directory = save_model(model.state_dict(), card, output_dir, overwrite=output_dir is not None)
     distributed.barrier()
@@ -377,14 +388,16 @@ class _Loop:
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         self.total = config.steps
         self.step = 0
+        self.data = ""
+        self.history: list[dict[str, float]] = []  # every logged step of the run, across resumes
 
     def start(self, work_dir: Path) -> None:
         """Schedule over ``total`` steps and resume from the newest checkpoint, if any."""
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine_lambda(self.config.warmup_steps, self.total))
-        self.step = _resume(work_dir, self.model, self.optimizer, self.scheduler, self.dist.device)
+        self.step, self.history = _resume(work_dir, self.model, self.optimizer, self.scheduler, self.dist.device)
 
     def run(self, work_dir: Path, progress, cancel, on_metrics) -> list[dict[str, float]]:
-        config, history = self.config, []
+        config, history = self.config, self.history
         started = time.monotonic()
         deadline = started + config.max_minutes * 60 if config.max_minutes else float("inf")
         self.net.train()
@@ -399,7 +412,7 @@ class _Loop:
             report(progress, "training", self.step, self.total)
             last = self.step == self.total or time.monotonic() >= deadline
             if self.dist.is_main and (self.step % config.checkpoint_every == 0 or last):
-                _save(work_dir, self.step, self.model, self.optimizer, self.scheduler, config)
+                _save(work_dir, self.step, self.model, self.optimizer, self.scheduler, config, self.data, history)
         return history
 
     def one_step(self) -> Callable[[], dict[str, float]]:
@@ -462,7 +475,7 @@ def _total_steps(config: TrainConfig, prepared: list[PreparedCase]) -> int:
     return max(1, int(round(config.epochs * slices / config.batch_size)))
 
 
-def _save(work_dir: Path, step: int, model, optimizer, scheduler, config: TrainConfig) -> None:
+def _save(work_dir: Path, step: int, model, optimizer, scheduler, config: TrainConfig, data: str = "", history=()) -> None:
     save_checkpoint(
         checkpoint_path(work_dir, step),
         step=step,
@@ -470,6 +483,8 @@ def _save(work_dir: Path, step: int, model, optimizer, scheduler, config: TrainC
         optimizer=optimizer.state_dict(),
         scheduler=scheduler.state_dict(),
         config=config.to_dict(),
+        data=data,
+        history=list(history)[-100:],  # bounded: the card keeps the last 20
     )
     prune_checkpoints(work_dir, keep=2)
 
@@ -502,15 +517,46 @@ def _comparable(value: Any) -> Any:
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
-def _resume(work_dir: Path, model, optimizer, scheduler, device) -> int:
+def _resume(work_dir: Path, model, optimizer, scheduler, device) -> tuple[int, list[dict[str, float]]]:
+    """Step and metrics history of the newest checkpoint (0 and [] without one), its state loaded."""
     path = latest_checkpoint(work_dir)
     if path is None:
-        return 0
+        return 0, []
     state = load_checkpoint(path, map_location=device)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    return int(state["step"])
+    return int(state["step"]), list(state.get("history", []))
+
+
+def data_digest(prepared: list[PreparedCase]) -> str:
+    """sha256 of the case list (ids and grid sizes): what a resumed run must train on again."""
+    import hashlib
+    import json
+
+    cases = sorted((c.case_id, list(c.image.shape)) for c in prepared)
+    return hashlib.sha256(json.dumps(cases).encode()).hexdigest()
+
+
+def check_same_data(work_dir: Path, digest: str) -> None:
+    """Refuse to continue a run on other cases: its model card would list data it was not trained on."""
+    path = latest_checkpoint(work_dir)
+    if path is None:
+        return
+    saved = load_checkpoint(path).get("data", "")
+    if saved and saved != digest:
+        raise InputError(
+            f"{work_dir} holds checkpoint {path.name} of a run on different training data (case list hash "
+            f"{saved[:12]} there, {digest[:12]} now). Resume with the same cases, or start a new run under another name or work directory."
+        )
+
+
+def _finished_model(name: str, output_dir: str | Path | None) -> Path | None:
+    """The stored model of a run that had nothing left to train (None: there is none yet)."""
+    from ..registry import CARD_FILE, user_models_dir
+
+    target = Path(output_dir) if output_dir is not None else user_models_dir() / name
+    return target if (target / CARD_FILE).exists() else None
 
 
 def _structure_entry(structure) -> dict[str, Any]:
