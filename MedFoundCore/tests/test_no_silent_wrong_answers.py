@@ -156,6 +156,8 @@ def test_unwritable_json_fails_before_inference_and_leaves_nothing(ct_path: Path
     out = tmp_path / "seg.nii.gz"
     assert _segment(str(ct_path), "-p", "liver", "-o", str(out), "--json", str(blocker / "report.json")) == 2
     assert "cannot be written" in capsys.readouterr().err
+    assert _segment(str(ct_path), "-p", "liver", "-o", str(tmp_path / "seg.png")) == 2
+    assert "cannot write this format" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..device import DEVICE_CHOICES
 from ..errors import InputError
-from ..io import atomic_outputs, check_writable, load_volume, refuse_label_map, write_volume
+from ..io import WRITE_SUFFIXES, atomic_outputs, check_writable, load_volume, refuse_label_map, write_volume
 from ..progress import CancelToken, cli_progress
 
 
@@ -48,6 +48,8 @@ def _check_outputs(args: argparse.Namespace) -> list[Path]:
         if out.resolve() == image:
             raise InputError(f"{out}: is the input image; choose another output path")
         check_writable(out, overwrite=args.overwrite)
+    if not any(outputs[0].name.lower().endswith(s) for s in WRITE_SUFFIXES):
+        raise InputError(f"{outputs[0]}: cannot write this format; use one of {', '.join(WRITE_SUFFIXES)}")
     if len(outputs) == 2 and outputs[0].resolve() == outputs[1].resolve():
         raise InputError(f"{outputs[1]}: is also the output label map; choose another path for --json")
     if args.batch_size is not None and args.batch_size < 1:
