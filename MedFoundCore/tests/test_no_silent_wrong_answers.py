@@ -257,3 +257,15 @@ def test_resuming_a_finished_run_keeps_its_card(two_cases, tmp_path: Path, medfo
     assert json.loads(card)["metrics"]["train_history"]
     again = train_segmenter([ct], _tiny_train(), "done", tmp_path / "run", output_dir=out)
     assert again == out and (out / "card.json").read_bytes() == card
+
+
+def test_convert_picks_a_series_and_warns_about_gaps(series_dir: Path, tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "two"
+    _copy_series(series_dir, folder, keep=lambda i: i != 7)
+    _copy_series(series_dir, folder, keep=lambda i: i < 12, uid="1.2.826.0.1.3680043.8.498.17", shift_mm=1000.0)
+    out = tmp_path / "ct.nii.gz"
+    assert main(["convert", str(folder), str(out)]) == 2 and not out.exists()
+    assert "2 DICOM series" in capsys.readouterr().err
+    assert main(["convert", str(folder), str(out), "--series", "1"]) == 0
+    assert "not evenly spaced" in capsys.readouterr().err
+    assert load_volume(out).shape[0] == 20

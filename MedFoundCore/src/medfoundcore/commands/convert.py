@@ -6,6 +6,7 @@ Optionally resamples to an isotropic or per-axis spacing; the output file appear
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..io import load_volume, save_volume
 from ..preprocess import resample_to_spacing
@@ -16,12 +17,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("input", help="volume file or DICOM series folder")
     parser.add_argument("output", help="output file (.nii.gz, .nii, .nrrd, .mha)")
     parser.add_argument("--label", action="store_true", help="the input is a label map (integer values, nearest-neighbour resampling)")
+    parser.add_argument("--series", help="DICOM folder with several series: the SeriesInstanceUID or index (as listed) to read")
     parser.add_argument("--spacing", help="resample to this spacing in mm: one value or SX,SY,SZ")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    volume = load_volume(args.input, label=args.label)
+    volume = load_volume(args.input, label=args.label, series=args.series)
+    for warning in volume.meta.get("warnings", []):
+        print(f"medfound: warning: {warning}", file=sys.stderr)
     if args.spacing:
         values = [float(v) for v in args.spacing.split(",")]
         volume = resample_to_spacing(volume, values[0] if len(values) == 1 else tuple(values), label=args.label)
