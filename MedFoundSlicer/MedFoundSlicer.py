@@ -64,9 +64,11 @@ class MedFoundSlicer(ScriptedLoadableModule):
 class MedFoundSlicerLogic(ScriptedLoadableModuleLogic, MedFoundLogic):
     """Slicer's logic object for MedFound; all behaviour lives in :class:`MedFoundLogic` (widget-free)."""
 
-    def __init__(self, scene=None):
-        ScriptedLoadableModuleLogic.__init__(self)
-        MedFoundLogic.__init__(self, scene if scene is not None else slicer.mrmlScene)
+    def __init__(self, scene=None) -> None:
+        # One cooperative chain, as Slicer's base class calls super().__init__() with no arguments:
+        # ScriptedLoadableModuleLogic -> MedFoundLogic(scene=None) -> object; the scene is set after.
+        super().__init__()
+        self.scene = scene if scene is not None else slicer.mrmlScene
 
 
 #

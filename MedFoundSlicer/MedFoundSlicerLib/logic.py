@@ -70,12 +70,64 @@ class ModelInfo:
         return self.source != "user"
 
 
+MODULE_NAME = "MedFoundSlicer"  # Slicer's moduleName for MedFoundSlicerLogic: the parameter node's singleton tag
+# The panel's choices kept in the parameter node (saved with the scene); values are strings, as MRML stores them.
+PARAMETER_DEFAULTS = {"Prompts": "", "Model": "default", "Device": "auto", "RegionCheck": "true",
+                      "ClickModel": "encoder-v1", "TrainModelName": "", "Epochs": "5"}
+PARAMETER_REFERENCES = ("InputVolume", "OutputSegmentation")
+
+
 class MedFoundLogic:
     """All MedFound work on one MRML scene. No widgets, no ``slicer.app``: runs on slicer-core."""
 
-    def __init__(self, scene) -> None:
+    def __init__(self, scene=None) -> None:
+        # Cooperative: in Slicer this class sits after ScriptedLoadableModuleLogic in the MRO, whose
+        # __init__ calls super().__init__() without arguments, so ``scene`` must be optional.
+        super().__init__()
         self.scene = scene
         self._vocabulary = None
+
+    # ------------------------------------------------------------------ parameter node
+    def parameterNode(self):
+        """The scene's MedFound parameter node, created on first use.
+
+        The same singleton ``vtkMRMLScriptedModuleNode`` that Slicer's ``getParameterNode()`` returns
+        (tag and ModuleName attribute = the module name), looked up in ``self.scene`` so headless
+        code works on any scene. It is saved with the scene, so a reopened scene keeps the choices.
+        """
+        node = self.scene.GetSingletonNode(MODULE_NAME, "vtkMRMLScriptedModuleNode")
+        if node is None:
+            node = self.scene.CreateNodeByClass("vtkMRMLScriptedModuleNode")
+            node.UnRegister(None)
+            node.SetSingletonTag(MODULE_NAME)
+            node.SetName(self.scene.GenerateUniqueName(MODULE_NAME))
+            node.SetAttribute("ModuleName", MODULE_NAME)
+            node = self.scene.AddNode(node)
+        return node
+
+    def choices(self) -> dict[str, str]:
+        """The stored panel choices, defaults filled in for those never set."""
+        node = self.parameterNode()
+        return {key: node.GetParameter(key) or default for key, default in PARAMETER_DEFAULTS.items()}
+
+    def setChoices(self, **values) -> None:
+        """Store panel choices: strings/bools/numbers by PARAMETER_DEFAULTS key, nodes by PARAMETER_REFERENCES."""
+        node = self.parameterNode()
+        wasModifying = node.StartModify()
+        try:
+            for key, value in values.items():
+                if key in PARAMETER_REFERENCES:
+                    node.SetNodeReferenceID(key, value.GetID() if value is not None else None)
+                elif key in PARAMETER_DEFAULTS:
+                    node.SetParameter(key, str(value).lower() if isinstance(value, bool) else str(value))
+                else:
+                    raise KeyError(f"unknown MedFound parameter {key!r}")
+        finally:
+            node.EndModify(wasModifying)
+
+    def chosenNode(self, key: str):
+        """The node stored under a PARAMETER_REFERENCES key (None when unset or deleted)."""
+        return self.parameterNode().GetNodeReference(key)
 
     # ------------------------------------------------------------------ environment
     @property
