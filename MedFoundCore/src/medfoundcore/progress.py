@@ -112,3 +112,20 @@ class cli_progress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+class json_progress:
+    """A :data:`ProgressCallback` printing one JSON object per update on stdout (``--progress-json``).
+
+    Why: a parent process (the Slicer module) reads progress from a file it tails on a timer; one
+    flushed line per update is all it needs, and lines that are not JSON are ignored there.
+    """
+
+    def __call__(self, p: Progress) -> None:
+        import json
+        import sys
+
+        print(json.dumps({"progress": {"stage": p.stage, "done": p.done, "total": p.total, "message": p.message}}), flush=True, file=sys.stdout)
+
+    def close(self) -> None:
+        pass

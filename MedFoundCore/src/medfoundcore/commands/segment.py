@@ -16,7 +16,7 @@ from pathlib import Path
 from ..device import DEVICE_CHOICES
 from ..errors import InputError
 from ..io import WRITE_SUFFIXES, atomic_outputs, check_writable, load_volume, refuse_label_map, write_volume
-from ..progress import CancelToken, cli_progress
+from ..progress import CancelToken, cli_progress, json_progress
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,6 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--force", action="store_true", help="segment an image even if it looks like a label map")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT / the JSON report if they exist")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--progress-json", action="store_true", help="progress as JSON lines on stdout, for a calling program (Slicer)")
     parser.set_defaults(func=run)
 
 
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace, cancel: CancelToken | None = None) -> int:
     plan_prompts(args.prompts, load_vocabulary(), None)  # fail on a bad prompt before reading a large image
     volume = load_volume(args.image, series=args.series)
     refuse_label_map(volume, args.force)
-    bar = cli_progress(disable=args.quiet)
+    bar = json_progress() if args.progress_json else cli_progress(disable=args.quiet)
     try:
         result = segment(
             volume, args.prompts, model=args.model, device=args.device, batch_size=args.batch_size,
