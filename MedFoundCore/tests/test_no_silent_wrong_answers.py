@@ -92,6 +92,8 @@ def test_folder_with_two_series_is_refused_unless_one_is_picked(series_dir: Path
     picked = load_volume(folder, series="1.2.826.0.1.3680043.8.498.16")
     assert picked.shape[0] == 12 and picked.origin[2] > load_volume(series_dir).origin[2] + 999
     assert load_volume(folder, series="1").shape[0] == 20
+    original, copy = sorted(folder.glob("CT.*"))[0], sorted(folder.glob("copy-*"))[0]
+    assert load_volume(original).shape[0] == 20 and load_volume(copy).shape[0] == 12  # a file reads its own series
     assert any("read [2]" in w for w in picked.meta["warnings"])
     out = tmp_path / "seg.nii.gz"
     assert _segment(str(folder), "-p", "liver", "-o", str(out)) == 2

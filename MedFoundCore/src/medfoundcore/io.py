@@ -151,7 +151,7 @@ def load_volume(path: str | os.PathLike[str], *, label: bool = False, series: st
     if path.is_dir():
         image, meta = _read_dicom_series(path, series)
     elif path.suffix.lower() == ".dcm":
-        image, meta = _read_dicom_series(path.parent, series or _series_of_file(path))
+        image, meta = _read_dicom_series(path.parent, series if series is not None else _series_of_file(path))
     else:
         image, meta = _read_file(path)
     meta["source"] = str(path)
