@@ -271,3 +271,16 @@ def test_convert_picks_a_series_and_warns_about_gaps(series_dir: Path, tmp_path:
     assert main(["convert", str(folder), str(out), "--series", "1"]) == 0
     assert "not evenly spaced" in capsys.readouterr().err
     assert load_volume(out).shape[0] == 20
+
+
+def test_a_structure_that_lost_every_voxel_is_reported_outvoted_not_absent(ct_path: Path) -> None:
+    from medfoundcore.inference.segment import segment
+
+    volume = load_volume(ct_path)
+    raw = dict(model=MODEL, device="cpu", use_isd=False, region_check=False, keep_islands=True)  # no gate: mandible is drawn somewhere
+    alone = segment(volume, ["mandible"], **raw).reports[0]
+    assert alone.found and alone.status == "found"
+    result = segment(volume, ["liver", "hippocampus", "brainstem", "mandible", "grey matter"], **raw)
+    mandible = next(r for r in result.reports if r.structure_key == "mandible")
+    assert not mandible.found and mandible.status == "outvoted"
+    assert any("'mandible' was seen but lost every voxel" in w for w in result.warnings)
