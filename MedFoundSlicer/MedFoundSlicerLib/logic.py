@@ -9,6 +9,9 @@ A cancelled or failed job therefore leaves the scene exactly as it was.
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +19,7 @@ import numpy as np
 
 from . import nodes
 from .jobs import Job, JobCallbacks, JobState
+from .process import ProcessJob, medfound_command
 
 SEGMENT_KINDS = ("prompted-segmenter",)
 CLICK_KINDS = ("encoder3d",)
@@ -219,19 +223,26 @@ class MedFoundLogic:
 
     # ------------------------------------------------------------------ text-prompted segmentation
     def startSegmentation(self, volumeNode, prompts: list[str], model: str = "default", device: str = "auto",
-                          callbacks: JobCallbacks | None = None, *, regionCheck: bool = True) -> Job:
-        """Start text-prompted segmentation of ``volumeNode`` on a worker; nothing in the scene changes yet.
+                          callbacks: JobCallbacks | None = None, *, regionCheck: bool = True) -> ProcessJob:
+        """Start text-prompted segmentation of ``volumeNode`` in a child process; the scene is not touched.
 
+        The volume goes to the ``medfound segment`` CLI as a NRRD file with its world geometry; the
+        label map and the JSON report come back as files (see :func:`read_segment_result`).
+        ``model="default"`` lets the core pick its default model for the image's modality.
         ``regionCheck=False`` keeps structures on slices where the model sees a distant body region
         (the anatomical veto of ``medfoundcore.inference.region_veto``)."""
+        from medfoundcore.io import save_volume
+
         volume = nodes.volume_from_node(volumeNode)
-
-        def work(progress, cancel, _metrics):
-            from medfoundcore.inference.segment import segment
-
-            return segment(volume, prompts, model=model, device=device, region_check=regionCheck, progress=progress, cancel=cancel)
-
-        return Job("segment", work, callbacks or JobCallbacks()).start()
+        workdir = Path(tempfile.mkdtemp(prefix="medfound-segment-"))
+        try:
+            save_volume(volume, workdir / "input.nrrd", compress=False)
+        except Exception:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        args = segment_arguments(workdir, prompts, model, device, regionCheck)
+        return ProcessJob("segment", medfound_command(*args), workdir, collect=lambda: read_segment_result(workdir, volume),
+                          callbacks=callbacks).start()
 
     def conflictingSegments(self, segmentationNode, result) -> list[str]:
         """Names the result would write that already exist in ``segmentationNode`` (ask before replacing)."""
@@ -470,3 +481,29 @@ def terminology_entry(structure) -> str:
         *code(category), *code(type_), *code(modifier),
         "Anatomic codes - DICOM master list", "", "", "", "", "", "",
     )
+
+
+def segment_arguments(workdir: Path, prompts: list[str], model: str, device: str, regionCheck: bool) -> list[str]:
+    """``medfound segment`` arguments for a job folder holding ``input.nrrd`` (outputs beside it)."""
+    args = ["segment", str(workdir / "input.nrrd"), "-o", str(workdir / "labels.nrrd"), "--json", str(workdir / "report.json"),
+            "--model", model or "default", "--device", device, "--progress-json"]
+    for prompt in prompts:
+        args += ["-p", prompt]
+    return args + ([] if regionCheck else ["--no-region-check"])
+
+
+def read_segment_result(workdir: Path, volume):
+    """The CLI's label map and JSON report as a ``SegmentationResult`` on ``volume``'s exact grid.
+
+    The label map must have the input's shape and (to 1e-3 mm) its geometry; the array is then put
+    on the input's own affine, so no rounding from the file round trip reaches the scene.
+    """
+    from medfoundcore.inference.segment import PromptReport, SegmentationResult
+    from medfoundcore.io import load_volume
+
+    labels = load_volume(workdir / "labels.nrrd", label=True)
+    if labels.shape != volume.shape or not np.allclose(labels.affine_ras, volume.affine_ras, atol=1e-3):
+        raise RuntimeError(f"the label map's grid {labels.shape} differs from the input's {volume.shape}")
+    report = json.loads((workdir / "report.json").read_text())
+    reports = [PromptReport(**{**r, "color": tuple(r["color"])}) for r in report["prompts"]]
+    return SegmentationResult(volume.with_array(labels.array), reports, list(report.get("warnings", [])), str(report.get("model", "")))
