@@ -36,3 +36,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ct_encoder_store(tmp_path_factory: pytest.TempPathFactory):
+    """One store for the CT encoder's converted weights per test session (joined and verified once,
+    ~5 s), shared by tests that isolate ``$MEDFOUND_HOME``."""
+    root = tmp_path_factory.mktemp("backbones")
+    before = os.environ.get("MEDFOUND_BACKBONES")
+    os.environ["MEDFOUND_BACKBONES"] = str(root)
+    yield root
+    if before is None:
+        os.environ.pop("MEDFOUND_BACKBONES", None)
+    else:
+        os.environ["MEDFOUND_BACKBONES"] = before

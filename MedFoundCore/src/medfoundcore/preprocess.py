@@ -6,6 +6,7 @@ Images become float32 in [0, 255]: CT through a window (width/level in HU), anyt
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -168,3 +169,108 @@ def training_views(shape_kji: tuple[int, int, int], spacing_ijk: tuple[float, fl
     if near_isotropic and all(r < 0.5 for r in ratios.values()):
         return [0, 1, 2]
     return [select_view(shape_kji)]
+
+
+# ------------------------------------------------------------------ the CT foundation encoder's grid
+#: ITK (LPS) direction of an axis-aligned RAS grid: i → Right, j → Anterior, k → Superior.
+RAS_DIRECTION_LPS = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
+AIR_HU = -1024.0
+
+
+def ras_grid(volume: Volume, spacing_xyz: tuple[float, float, float]) -> Volume:
+    """An empty axis-aligned RAS grid of ``spacing_xyz`` (mm) covering ``volume``'s physical extent.
+
+    Any input orientation (oblique included) maps onto it; the corners of the input's voxel box are
+    transformed exactly, so nothing of the image is cut.
+    """
+    size = np.array(volume.shape[::-1], dtype=np.float64)
+    corners = np.array([[i, j, k] for i in (-0.5, size[0] - 0.5) for j in (-0.5, size[1] - 0.5) for k in (-0.5, size[2] - 0.5)])
+    ras = volume.index_to_ras(corners)
+    step = np.asarray(spacing_xyz, dtype=np.float64)
+    low, high = ras.min(axis=0), ras.max(axis=0)
+    shape_xyz = np.maximum(1, np.ceil((high - low) / step).astype(int))
+    origin_ras = low + step / 2  # centre of the first voxel
+    origin_lps = (-origin_ras[0], -origin_ras[1], origin_ras[2])
+    grid = sitk.Image([int(s) for s in shape_xyz], sitk.sitkUInt8)
+    grid.SetSpacing(tuple(float(s) for s in step))
+    grid.SetOrigin(tuple(float(o) for o in origin_lps))
+    grid.SetDirection(RAS_DIRECTION_LPS)
+    return Volume.from_sitk(grid)
+
+
+def resample_onto(volume: Volume, grid: Volume, *, label: bool = False, default: float = 0.0) -> Volume:
+    """``volume`` resampled onto ``grid`` (linear for images, nearest neighbour for label maps)."""
+    image = volume.to_sitk()
+    if not label and image.GetPixelID() != sitk.sitkFloat32:
+        image = sitk.Cast(image, sitk.sitkFloat32)
+    out = sitk.Resample(image, grid.to_sitk(), sitk.Transform(), _interpolator(label), float(default), image.GetPixelID())
+    return Volume.from_sitk(out, volume.meta)
+
+
+def hu_to_unit(array: np.ndarray, hu_range: tuple[float, float] = (-1000.0, 1000.0)) -> np.ndarray:
+    """HU clipped to ``hu_range`` and scaled to [0, 1] (Merlin's CT normalisation), float32."""
+    low, high = hu_range
+    return ((np.clip(array, low, high) - low) / (high - low)).astype(np.float32)
+
+
+def zxy(array_kji: np.ndarray) -> np.ndarray:
+    """A RAS-grid array from ``(k, j, i)`` (SimpleITK order) to the encoder's ``(Z, X, Y)`` order."""
+    return np.ascontiguousarray(np.transpose(array_kji, (0, 2, 1)))
+
+
+def kji(array_zxy: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`zxy` (works on any leading batch/channel axes)."""
+    return np.ascontiguousarray(np.swapaxes(array_zxy, -1, -2))
+
+
+#: The CT encoder's grid (X, Y, Z mm) and the stride every block must be a multiple of (Z, X, Y).
+CT_ENCODER_SPACING_XYZ = (1.5, 1.5, 3.0)
+CT_ENCODER_MULTIPLE_ZXY = (16, 32, 32)
+#: Largest cached training block (Z, X, Y): 432 × 432 × 432 mm, one encoder pass of ~12 s on 2 cores.
+MAX_ZXY = (144, 288, 288)
+BODY_LEVEL = 0.25  # -500 HU on the [0, 1] scale: soft tissue and bone are above, air below
+
+
+def encoder_input(image: Volume, labels: Volume | None = None) -> tuple[np.ndarray, np.ndarray | None, Volume]:
+    """Image (and label map) on the encoder's RAS grid as ``(Z, X, Y)`` arrays, plus the grid volume."""
+    grid = ras_grid(image, CT_ENCODER_SPACING_XYZ)
+    unit = zxy(hu_to_unit(resample_onto(image, grid, default=AIR_HU).array))
+    lab = None if labels is None else zxy(resample_onto(labels, grid, label=True).array.astype(np.uint8))
+    return unit, lab, grid
+
+
+def _span(mask_1d: np.ndarray, length: int, limit: int, focus: np.ndarray | None) -> slice:
+    """An interval of at most ``limit`` covering ``mask_1d`` (centred on ``focus`` when it does not fit)."""
+    idx = np.flatnonzero(mask_1d)
+    lo, hi = (int(idx[0]), int(idx[-1]) + 1) if idx.size else (0, length)
+    if hi - lo > limit:
+        f = np.flatnonzero(focus) if focus is not None and focus.any() else np.arange(lo, hi)
+        centre = int((f[0] + f[-1] + 1) // 2)
+        lo = int(np.clip(centre - limit // 2, lo, hi - limit))
+        hi = lo + limit
+    return slice(lo, hi)
+
+
+def body_box(unit: np.ndarray, labels: np.ndarray | None, limit: Sequence[int] = MAX_ZXY) -> tuple[slice, ...]:
+    """The body's bounding box (largest connected region above -500 HU), capped at ``limit`` voxels
+    per axis around the labelled structures."""
+    body = unit > BODY_LEVEL
+    components, n = ndimage.label(body)
+    if n > 1:
+        sizes = np.bincount(components.ravel())[1:]
+        body = components == (1 + int(np.argmax(sizes)))
+    focus = None if labels is None else labels > 0
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        f = None if focus is None else focus.any(axis=other)
+        box.append(_span(body.any(axis=other), unit.shape[axis], limit[axis], f))
+    return tuple(box)
+
+
+def pad_to_stride(array: np.ndarray, multiple: Sequence[int] = CT_ENCODER_MULTIPLE_ZXY, value: float = 0.0) -> np.ndarray:
+    """Pad the last three axes at their end up to a multiple of ``multiple`` (value = air)."""
+    pads = [(0, 0)] * (array.ndim - 3) + [(0, (-s) % m) for s, m in zip(array.shape[-3:], multiple)]
+    return np.pad(array, pads, constant_values=value)
+
+

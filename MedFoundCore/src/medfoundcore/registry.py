@@ -28,7 +28,7 @@ WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "card.json"
 PACKAGED_DIR = Path(__file__).parent / "weights"
 #: Friendly names resolved to concrete models.
-ALIASES = {"default": "starter-v2", "encoder-default": "encoder-v1"}
+ALIASES = {"default": "starter-v2", "default-ct": "ct-v1", "encoder-default": "encoder-v1"}
 
 
 @dataclass
@@ -174,6 +174,20 @@ def resolve_model_dir(name_or_path: str | os.PathLike[str]) -> Path:
     hint = difflib.get_close_matches(text, known, n=3, cutoff=0.3)
     suggestion = f"; did you mean {', '.join(hint)}?" if hint else f"; installed: {', '.join(known) or 'none'}"
     raise ModelError(f"model {text!r} not found{suggestion}")
+
+
+def read_card(name_or_path: str | os.PathLike[str]) -> ModelCard:
+    """A model's card alone (no weights read): enough to decide which pipeline runs it."""
+    return ModelCard.read(resolve_model_dir(name_or_path) / CARD_FILE)
+
+
+def resolve_default(model: str, volume) -> str:
+    """``default`` means the CT model (``ct-v1``) for a CT and the slice model for anything else."""
+    if model != "default":
+        return model
+    from .preprocess import detect_modality
+
+    return "default-ct" if detect_modality(volume) == "CT" else "default"
 
 
 def load_model(name_or_path: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32) -> tuple[dict[str, torch.Tensor], ModelCard]:

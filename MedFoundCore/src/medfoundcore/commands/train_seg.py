@@ -24,6 +24,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d = TrainConfig()
     parser = subparsers.add_parser("train-seg", help="train / fine-tune a text-prompted segmenter", description=__doc__)
     parser.add_argument("data", nargs="+", help="dataset folders or *_img.nii.gz files")
+    parser.add_argument(
+        "--model", default="text2d", choices=["text2d", "ct"],
+        help="text2d: the BiomedParse-V slice model (CT and MRI); ct: the ct-v1 decoder on the frozen pretrained CT encoder (CT cases only)",
+    )
+    parser.add_argument("--feature-cache", help="with --model ct: folder of cached encoder features (default: WORK_DIR/features; reused across runs)")
     parser.add_argument("--out-name", required=True, help="name of the model in the user store (~/.medfound/models)")
     parser.add_argument("--work-dir", help="checkpoint folder (default: ~/.medfound/runs/NAME)")
     parser.add_argument("--output-dir", help="write the model here instead of the user store (e.g. to ship it)")
@@ -101,10 +106,24 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}), file=sys.stderr, flush=True)
 
     try:
-        directory = train_segmenter(
-            train, config_from_args(args), args.out_name, work_dir, output_dir=args.output_dir, progress=bar, on_metrics=show
-        )
+        if args.model == "ct":
+            directory = _train_ct(args, train, work_dir, bar)
+        else:
+            directory = train_segmenter(
+                train, config_from_args(args), args.out_name, work_dir, output_dir=args.output_dir, progress=bar, on_metrics=show
+            )
     finally:
         bar.close()
     print(directory)
     return 0
+
+
+def _train_ct(args: argparse.Namespace, train, work_dir: Path, bar):
+    from ..device import resolve_device
+    from ..train.ct_segment import CTTrainConfig, train_ct_from_cases
+
+    cfg = CTTrainConfig(steps=args.steps, max_minutes=args.max_minutes, lr=args.lr, seed=args.seed, checkpoint_every=args.checkpoint_every)
+    return train_ct_from_cases(
+        train, cfg, args.out_name, work_dir, feature_cache=args.feature_cache, output_dir=args.output_dir,
+        base_model=args.base_model, device=str(resolve_device(args.device)), progress=bar,
+    )

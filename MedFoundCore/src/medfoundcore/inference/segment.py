@@ -31,7 +31,10 @@ from ..errors import Cancelled, InputError
 from ..io import Volume, refuse_label_map
 from ..preprocess import content_mask, detect_modality, normalize_intensity, select_view
 from ..progress import CancelToken, ProgressCallback, check, report
+from ..registry import read_card, resolve_default
 from .prompts import PromptPlan, plan_prompts
+from .segment_ct import MODEL_KIND as CT_MODEL_KIND
+from .segment_ct import segment_ct_result
 from .postprocess import drop_vetoed_pieces, remove_islands
 from .region_veto import RegionVeto, rivals_seen, slices_are_axial, vetoed_slices
 
@@ -178,6 +181,12 @@ def segment(
 
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     dev = resolve_device(device)
+    model = resolve_default(str(model), volume)
+    if read_card(model).kind == CT_MODEL_KIND:
+        return segment_ct_result(
+            volume, prompts, model, dev, keep_islands=keep_islands, use_isd=use_isd, best_effort=best_effort, force=force,
+            progress=progress, cancel=cancel,
+        )
     net, cfg, card = _load(str(model), str(dev))
     vocab = load_vocabulary()
     plan = plan_prompts(prompts, vocab, _known(card), best_effort, f"model {card.name!r}")

@@ -1,0 +1,182 @@
+"""Whole-CT text-prompted segmentation with ``ct-v1`` (frozen CT foundation encoder + 3D decoder).
+
+Flow: any CT (any size, orientation, spacing) → axis-aligned RAS grid at 1.5 × 1.5 × 3 mm, HU → [0, 1]
+→ body box → sliding windows of the encoder's 160 × 224 × 224 input with Gaussian blending
+(``windows.sliding_windows``; encoder + pixel features once per window, cached, shared by every prompt)
+→ per prompt: coarse 6 mm logits, ISD-style presence per 6 mm slab (a slab judged absent is emptied),
+full-resolution refinement inside the prompt's box → argmax across prompts (background where no
+prompt's probability reaches 0.5) → small islands of one-piece organs removed → label map resampled
+(nearest neighbour) back onto the input's own grid and geometry.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..device import autocast
+from ..errors import ModelError
+from ..io import Volume
+from ..preprocess import CT_ENCODER_MULTIPLE_ZXY, body_box, encoder_input, kji, resample_onto
+from ..progress import CancelToken, ProgressCallback, check, report
+from .postprocess import remove_islands
+from .windows import FEATURES, sliding_windows, window_digest
+
+MODEL_KIND = "ct-text-segmenter"
+PRESENCE_THRESHOLD = 0.5
+MASK_THRESHOLD = 0.5
+BOX_MARGIN = 1  # layer1 voxels (6 mm) around a prompt's coarse box, refined at full resolution
+NEG = -20.0  # logit of "certainly not here"
+
+
+@dataclass
+class CTModel:
+    """A loaded ``ct-v1``: the frozen encoder, the decoder, and the card."""
+
+    encoder: torch.nn.Module
+    decoder: torch.nn.Module
+    card: object
+    device: torch.device
+
+
+@functools.lru_cache(maxsize=1)
+def load_ct_model(name: str, device: str) -> CTModel:
+    from ..models.backbones.ct_weights import build_pretrained_encoder
+    from ..models.ct_segmenter import CTSegmenterConfig, build_ct_segmenter
+    from ..registry import load_model
+
+    state, card = load_model(name)
+    if card.kind != MODEL_KIND:
+        raise ModelError(f"model {name!r} is a {card.kind!r} model, not a CT text-prompted segmenter")
+    decoder = build_ct_segmenter(CTSegmenterConfig.from_dict(card.config["model"]))
+    decoder.load_state_dict(state)
+    dev = torch.device(device)
+    return CTModel(build_pretrained_encoder(4).to(dev), decoder.eval().to(dev), card, dev)
+
+
+def _pixel_features(model: CTModel, window: torch.Tensor) -> list[torch.Tensor]:
+    """Decoder pixel features + full-resolution image features of one window, from the cache when
+    the same voxels were seen before (another prompt, another call on the same CT)."""
+    key = window_digest(window, model.card.name + model.card.sha256)
+    cached = FEATURES.get(key)
+    if cached is not None:
+        return [t.to(model.device).float() for t in cached]
+    with autocast(model.device):
+        pixel = model.decoder.pixel_features(model.encoder(window))
+        image = model.decoder.image_features(window)
+    out = [pixel.float(), image.float()]
+    FEATURES.put(key, [t.to("cpu", torch.float16) for t in out])
+    return out
+
+
+def _coarse_box(prob: torch.Tensor) -> tuple[slice, ...] | None:
+    """Bounding box (layer1 grid, with margin) of where a prompt's coarse probability is > 0.2."""
+    where = torch.nonzero(prob > 0.2)
+    if not len(where):
+        return None
+    lo = (where.min(0).values - BOX_MARGIN).clamp_min(0).tolist()
+    hi = [min(int(h) + 1 + BOX_MARGIN, n) for h, n in zip(where.max(0).values.tolist(), prob.shape)]
+    return tuple(slice(a, b) for a, b in zip(lo, hi))
+
+
+def window_logits(model: CTModel, window: torch.Tensor, text: torch.Tensor, use_presence: bool = True) -> torch.Tensor:
+    """Full-resolution logits ``[1, K, Z, X, Y]`` of every prompt for one window ``[1, 1, Z, X, Y]``."""
+    pixel, image = _pixel_features(model, window)
+    net = model.decoder
+    coarse = net.coarse_logits(pixel, text)  # 1 K z x y
+    if use_presence:
+        present = torch.sigmoid(net.presence_logits(pixel, text)) >= PRESENCE_THRESHOLD  # 1 K z
+        coarse = torch.where(present[..., None, None], coarse, torch.full_like(coarse, NEG))
+    up = net.upsample
+    out = torch.full((1, coarse.shape[1], *window.shape[-3:]), NEG, device=window.device)
+    for k in range(coarse.shape[1]):
+        box = _coarse_box(torch.sigmoid(coarse[0, k]))
+        if box is None:
+            continue
+        full = tuple(slice(b.start * u, b.stop * u) for b, u in zip(box, up))
+        out[(0, k, *full)] = net.refine(image[(slice(None), slice(None), *full)], coarse[(slice(None), slice(k, k + 1), *box)])[0, 0]
+    return out
+
+
+def segment_ct(
+    volume: Volume, structures: Sequence, model_name: str, device: torch.device, *,
+    keep_islands: bool = False, use_presence: bool = True,
+    progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+) -> tuple[np.ndarray, dict]:
+    """Label map on ``volume``'s grid (label i+1 = ``structures[i]``) and per-prompt statistics."""
+    from .segment import _text_encoder
+
+    model = load_ct_model(model_name, str(device))
+    text = _text_encoder().encode([s.name for s in structures]).float().to(model.device)
+    report(progress, "preprocessing", 0, 1)
+    unit, _, grid = encoder_input(volume)
+    check(cancel)
+    box = body_box(unit, None, limit=unit.shape)
+    block = unit[box]
+
+    def predict(window: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return window_logits(model, window, text, use_presence)
+
+    logits = sliding_windows(block, predict, CT_ENCODER_MULTIPLE_ZXY, device=model.device, progress=progress, cancel=cancel)
+    check(cancel)
+    report(progress, "writing the result", 0, 1)
+    best, which = logits.max(dim=0)
+    labels_block = torch.where(best > torch.logit(torch.tensor(MASK_THRESHOLD)), which + 1, 0).to(torch.uint8).numpy()
+    labels = np.zeros(unit.shape, dtype=np.uint8)
+    labels[box] = labels_block
+    if not keep_islands:
+        remove_islands(labels, structures)  # (Z, X, Y): slices along axis 0, as it expects
+    on_grid = grid.with_array(kji(labels))
+    result = resample_onto(on_grid, volume, label=True).array.astype(np.uint8)
+    stats = {"presence": _mean_presence(logits, labels_block)}
+    return result, stats
+
+
+def _mean_presence(logits: torch.Tensor, labels: np.ndarray) -> list[float]:
+    """Mean probability of each prompt over the voxels it was given (0 when it got none)."""
+    out = []
+    for k in range(logits.shape[0]):
+        mask = torch.from_numpy(labels == k + 1)
+        out.append(round(float(torch.sigmoid(logits[k][mask]).mean()), 3) if mask.any() else 0.0)
+    return out
+
+
+def segment_ct_result(
+    volume: Volume, prompts: Sequence[str], model: str, device: torch.device, *,
+    keep_islands: bool = False, use_isd: bool = True, best_effort: bool = False, force: bool = False,
+    progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+):
+    """:func:`segment_ct` wrapped as :func:`~medfoundcore.inference.segment.segment` returns it: the
+    same prompt bookkeeping (duplicates merged, unknown structures refused), reports and warnings."""
+    from ..io import refuse_label_map
+    from ..preprocess import detect_modality
+    from ..vocabulary import load_vocabulary
+    from .prompts import plan_prompts
+    from .segment import PromptReport, SegmentationResult
+
+    card = load_ct_model(model, str(device)).card
+    vocab = load_vocabulary()
+    plan = plan_prompts(list(prompts), vocab, {s["key"] for s in card.structures}, best_effort, f"model {card.name!r}")
+    refuse_label_map(volume, force)
+    warnings = [*volume.meta.get("warnings", []), *plan.warnings]
+    if detect_modality(volume) != "CT":
+        warnings.append(f"model {card.name!r} is trained on CT only; this image does not look like a CT (the result is unreliable)")
+    labels, stats = segment_ct(volume, plan.structures, model, device, keep_islands=keep_islands, use_presence=use_isd, progress=progress, cancel=cancel)
+    counts = np.stack([np.bincount(plane.ravel(), minlength=len(plan.structures) + 1) for plane in labels])
+    reports = []
+    for i, s in enumerate(plan.structures):
+        n = int(counts[:, i + 1].sum())
+        reports.append(PromptReport(
+            prompt=plan.prompts_of[i][0], structure_key=s.key, structure_name=s.name, color=tuple(int(c) for c in s.color),
+            label=i + 1, found=n > 0, volume_ml=round(n * volume.voxel_volume_ml, 3), slices_present=int((counts[:, i + 1] > 0).sum()),
+            mean_presence=stats["presence"][i], prompts=list(plan.prompts_of[i]), known_to_model=s.key not in plan.untrained,
+            status="found" if n else "not present",
+        ))
+    result = volume.with_array(labels)
+    result.meta = {**volume.meta, "modality": "label", "prompts": [str(p) for p in prompts], "label_of_prompt": plan.label_of}
+    return SegmentationResult(result, reports, warnings, card.name)

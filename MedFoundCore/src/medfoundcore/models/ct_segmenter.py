@@ -1,0 +1,145 @@
+"""``ct-v1``: a text-conditioned 3D decoder on the frozen CT foundation encoder's multi-scale features.
+
+Three parts, each computed as rarely as possible:
+- ``pixel_features``: the encoder's layer1..layer4 maps projected and fused on the layer1 grid
+  (6 mm); computed ONCE per window and shared by every prompt.
+- ``coarse_logits``: per prompt, the MiniLM text embedding FiLM-modulates the pixel features and is
+  their mask query (one dot product per voxel: an extra prompt costs almost nothing).
+- ``refine``: a light full-resolution path on the 1.5 × 1.5 × 3 mm image, so that boundaries are not
+  limited to the 6 mm feature grid; image features are shared, the per-prompt part is two small
+  convolutions, run only inside the prompt's box at inference.
+- ``presence``: an ISD-style head (BiomedParse-V §3.3) deciding per 6 mm slab whether the structure is
+  there at all; it reads the pixel features DETACHED, so its loss never shapes the segmentation path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbones.ct_foundation import FEATURE_CHANNELS, FEATURE_STRIDES
+
+TEXT_DIM = 384  # MiniLM-L6
+
+
+@dataclass
+class CTSegmenterConfig:
+    """Decoder sizes; the encoder is fixed (see ``backbones.ct_foundation``)."""
+
+    width: int = 64
+    image_width: int = 8
+    refine_width: int = 16
+    text_dim: int = TEXT_DIM
+    feature_channels: Sequence[int] = field(default_factory=lambda: list(FEATURE_CHANNELS))
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "feature_channels": list(self.feature_channels)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CTSegmenterConfig:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(8, channels), channels)
+
+
+class PixelDecoder(nn.Module):
+    """FPN-style fusion of layer1..layer4 onto the layer1 grid, then one 3×3×3 convolution."""
+
+    def __init__(self, feature_channels: Sequence[int], width: int):
+        super().__init__()
+        self.lateral = nn.ModuleList(nn.Sequential(nn.Conv3d(c, width, 1), _norm(width)) for c in feature_channels)
+        self.fuse = nn.Sequential(
+            nn.Conv3d(width, width, 3, padding=1), _norm(width), nn.GELU(),
+        )
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        size = features[0].shape[-3:]
+        fused = self.lateral[0](features[0])
+        for lateral, feature in zip(self.lateral[1:], features[1:]):
+            fused = fused + F.interpolate(lateral(feature), size=size, mode="trilinear", align_corners=False)
+        return self.fuse(fused)
+
+
+class PresenceHead(nn.Module):
+    """ISD idea: is the prompted structure on this slab at all? Reads pooled, detached features."""
+
+    def __init__(self, width: int, text_dim: int):
+        super().__init__()
+        self.image = nn.Linear(2 * width, width)
+        self.text = nn.Linear(text_dim, width)
+        self.out = nn.Sequential(nn.GELU(), nn.Linear(width, 1))
+
+    def forward(self, pixel: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """``pixel`` [B, C, z, x, y], ``text`` [K, D] → slab logits [B, K, z]."""
+        pixel = pixel.detach()  # gradient cut off: presence never shapes the segmentation features
+        pooled = torch.cat([pixel.mean(dim=(-1, -2)), pixel.amax(dim=(-1, -2))], dim=1).transpose(1, 2)  # B z 2C
+        joint = self.image(pooled)[:, None] * self.text(text)[None, :, None]  # B K z C
+        return self.out(joint).squeeze(-1)
+
+
+class CTTextSegmenter(nn.Module):
+    """Decoder of ``ct-v1`` (the frozen encoder runs outside it, once per window)."""
+
+    def __init__(self, cfg: CTSegmenterConfig):
+        super().__init__()
+        self.cfg = cfg
+        w = cfg.width
+        self.pixel_decoder = PixelDecoder(cfg.feature_channels, w)
+        self.text_query = nn.Sequential(nn.Linear(cfg.text_dim, w), nn.GELU(), nn.Linear(w, w))
+        self.text_film = nn.Linear(cfg.text_dim, 2 * w)
+        nn.init.zeros_(self.text_film.weight)
+        nn.init.zeros_(self.text_film.bias)
+        self.mask_bias = nn.Parameter(torch.tensor(-2.0))
+        self.image_stem = nn.Sequential(
+            nn.Conv3d(1, cfg.image_width, 3, padding=1), nn.GELU(),
+            nn.Conv3d(cfg.image_width, cfg.image_width, 3, padding=1), nn.GELU(),
+        )
+        self.refine_head = nn.Sequential(
+            nn.Conv3d(cfg.image_width + 1, cfg.refine_width, (1, 3, 3), padding=(0, 1, 1)), nn.GELU(),
+            nn.Conv3d(cfg.refine_width, cfg.refine_width, (3, 1, 1), padding=(1, 0, 0)), nn.GELU(),
+            nn.Conv3d(cfg.refine_width, 1, 1),
+        )
+        nn.init.zeros_(self.refine_head[-1].weight)
+        nn.init.zeros_(self.refine_head[-1].bias)
+        self.presence = PresenceHead(w, cfg.text_dim)
+
+    @property
+    def upsample(self) -> tuple[int, int, int]:
+        """Full-resolution voxels per layer1 voxel, (Z, X, Y)."""
+        return FEATURE_STRIDES[0]
+
+    def pixel_features(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self.pixel_decoder(features)
+
+    def coarse_logits(self, pixel: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Mask logits on the layer1 grid: ``pixel`` [B, C, z, x, y], ``text`` [K, D] → [B, K, z, x, y]."""
+        gamma, beta = self.text_film(text).chunk(2, dim=-1)  # K C
+        query = self.text_query(text)  # K C
+        # <(1 + γ) ⊙ p + β, q> = <p, (1 + γ) ⊙ q> + <β, q>: FiLM folded into the query, no K-fold copy
+        weights = (1 + gamma) * query / self.cfg.width**0.5
+        offset = (beta * query).sum(-1) / self.cfg.width**0.5
+        logits = torch.einsum("bczxy,kc->bkzxy", pixel, weights)
+        return logits + offset[None, :, None, None, None] + self.mask_bias
+
+    def image_features(self, image: torch.Tensor) -> torch.Tensor:
+        """Shared full-resolution features of the [0, 1] image ``[B, 1, Z, X, Y]``."""
+        return self.image_stem(image)
+
+    def refine(self, image_features: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+        """Full-resolution logits for one prompt: ``coarse`` [B, 1, z, x, y] upsampled to the image's
+        grid plus a learned correction from the image features (zero at initialisation)."""
+        up = F.interpolate(coarse, size=image_features.shape[-3:], mode="trilinear", align_corners=False)
+        return up + self.refine_head(torch.cat([image_features, up], dim=1))
+
+    def presence_logits(self, pixel: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return self.presence(pixel, text)
+
+
+def build_ct_segmenter(cfg: CTSegmenterConfig | None = None) -> CTTextSegmenter:
+    return CTTextSegmenter(cfg or CTSegmenterConfig())

