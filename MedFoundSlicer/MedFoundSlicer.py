@@ -196,6 +196,7 @@ class MedFoundSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentStatusLabel.text = ""
         self._populateVocabulary()
         self.refreshModels()
+        self._restoreSegmentChoices()
         self._updateDeviceWarning()
 
     def onInstall(self) -> None:
@@ -329,6 +330,8 @@ class MedFoundSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(_("Select an input volume."))
             return
 
+        self._storeSegmentChoices()
+
         def start(callbacks):
             prompts = self.logic.parsePrompts(self.ui.promptsTextEdit.plainText)
             return self.logic.startSegmentation(volumeNode, prompts, self.ui.modelComboBox.currentText or "default",
@@ -338,6 +341,29 @@ class MedFoundSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.summaryTable.setRowCount(0)
         self._startJob("segment", start, self.ui.applyButton, self.ui.segmentProgressBar, self.ui.segmentStatusLabel,
                        _("Cancel"), volumeNode=volumeNode)
+
+    def _storeSegmentChoices(self) -> None:
+        """Keep the Segment panel's choices in the parameter node (saved with the scene)."""
+        ui = self.ui
+        self.logic.setChoices(Prompts=ui.promptsTextEdit.plainText, Model=ui.modelComboBox.currentText or "default",
+                              Device=self._deviceChoice(ui.deviceComboBox), RegionCheck=ui.regionCheckBox.checked,
+                              InputVolume=ui.inputVolumeSelector.currentNode(),
+                              OutputSegmentation=ui.outputSegmentationSelector.currentNode())
+
+    def _restoreSegmentChoices(self) -> None:
+        """Show the parameter node's choices (a reopened scene brings back the last ones)."""
+        ui, choices = self.ui, self.logic.choices()
+        ui.promptsTextEdit.setPlainText(choices["Prompts"])
+        index = ui.modelComboBox.findText(choices["Model"])
+        if index >= 0:
+            ui.modelComboBox.setCurrentIndex(index)
+        deviceNames = {value: name for name, value in DEVICE_CHOICES.items()}
+        ui.deviceComboBox.setCurrentIndex(max(0, ui.deviceComboBox.findText(deviceNames.get(choices["Device"], "Auto"))))
+        ui.regionCheckBox.checked = choices["RegionCheck"] == "true"
+        for key, selector in (("InputVolume", ui.inputVolumeSelector), ("OutputSegmentation", ui.outputSegmentationSelector)):
+            node = self.logic.chosenNode(key)
+            if node is not None:
+                selector.setCurrentNode(node)
 
     def _finishSegment(self, job, context) -> None:
         result, volumeNode = job.result, context["volumeNode"]

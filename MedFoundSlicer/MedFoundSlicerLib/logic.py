@@ -143,29 +143,18 @@ class MedFoundLogic:
             self._vocabulary = load_vocabulary()
         return self._vocabulary
 
-    def startWarmUp(self, model: str = "default", device: str = "auto", callbacks: JobCallbacks | None = None) -> Job:
-        """Import torch and MedFoundCore and load the default model on a worker when the module opens.
+    def startWarmUp(self, callbacks: JobCallbacks | None = None) -> Job:
+        """Import torch and the MedFoundCore modules of the in-process panels on a worker when the module opens.
 
-        Why: first imports and the first model / text-encoder load run long C initialisers that hold
-        the GIL (measured up to ~0.6 s per stall); done here, they happen while the user picks inputs
-        instead of stalling the GUI during the first segmentation.
+        Why: first imports run long C initialisers that hold the GIL; done here, they happen while
+        the user picks inputs. Text-prompted segmentation runs in a child process and loads its
+        model there, so no model is loaded into Slicer here.
         """
         def work(progress, cancel, _metrics):
             import importlib
 
-            from medfoundcore.errors import MedFoundError
-
-            modules = ("torch", "sentence_transformers", "medfoundcore.inference.segment", "medfoundcore.inference.click",
-                       "medfoundcore.train.segment")
-            for name in modules:
+            for name in ("torch", "medfoundcore.inference.click", "medfoundcore.train.segment"):
                 importlib.import_module(name)
-            from medfoundcore.io import Volume
-            from medfoundcore.inference.segment import segment
-
-            try:  # a tiny volume fills the model and text-encoder caches that the first real run would fill
-                segment(Volume(np.zeros((2, 32, 32), np.int16)), ["liver"], model=model, device=device, cancel=cancel)
-            except MedFoundError:
-                pass  # no usable default model yet: the first real run reports it properly
             return self.vocabulary
 
         return Job("warm-up", work, callbacks or JobCallbacks()).start()
