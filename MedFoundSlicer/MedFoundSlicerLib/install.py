@@ -1,9 +1,12 @@
 """First-use installation of MedFound's Python dependencies into Slicer's Python.
 
-Order matters: torch first (through the PyTorch Utils extension, which picks the CUDA/CPU build that
-matches the machine; plain pip only when that extension is absent), then ``medfoundcore`` with pip.
-What Slicer itself ships (SimpleITK, numpy, vtk) is never reinstalled or upgraded: pip is told to keep
-the installed versions through a constraints file.
+Order matters: torch first, through the PyTorch extension (``PyTorchUtils``, a build dependency of
+this extension), which picks the CUDA or CPU build that matches the machine; then MedFoundCore from
+the files the extension carries (a wheel built at extension build time, or its source folder in a
+developer checkout) -- it is on no package index. Its own dependencies come from PyPI, with what Slicer
+ships (numpy, vtk, SimpleITK) and the torch just installed pinned at their installed versions through a
+constraints file, so pip never replaces them. Arguments go to ``slicer.util.pip_install`` as a list,
+so paths with spaces (``C:\\Users\\John Smith\\...``) stay one argument.
 """
 
 from __future__ import annotations
@@ -11,15 +14,20 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 MINIMUM_TORCH = "2.2"
-# Override with a wheel path or "-e /path/to/MedFoundCore" for development builds.
-CORE_REQUIREMENT = os.environ.get("MEDFOUNDCORE_REQUIREMENT", "medfoundcore")
-# Distributions that Slicer bundles; their installed versions are pinned during our installs.
-SLICER_OWNED = ("SimpleITK", "numpy", "vtk")
+MINIMUM_PYTHON = (3, 10)  # MedFoundCore's requires-python
+# Distributions whose installed versions pip must keep: Slicer's own, and torch once PyTorchUtils chose it.
+KEEP_INSTALLED = ("SimpleITK", "numpy", "vtk", "torch")
+CARRIED_DIR = "MedFoundCore"  # beside the module's .py file in an installed extension (see MedFoundSlicer/CMakeLists.txt)
+MODULE_DIR = Path(__file__).resolve().parents[1]
+
+PipInstall = Callable[[list], None]
 
 
 @dataclass(frozen=True)
@@ -50,49 +58,80 @@ def dependency_status() -> DependencyStatus:
     return DependencyStatus(_version("torch"), _version("medfoundcore"))
 
 
-def keep_slicer_packages_constraints() -> str:
-    """Path of a pip constraints file pinning the Slicer-owned packages at their installed versions."""
-    lines = [f"{name}=={version}" for name in SLICER_OWNED if (version := _version(name))]
+def carried_core(module_dir: Path = MODULE_DIR) -> Path:
+    """What the extension carries of MedFoundCore: its wheel if one was built, else its source folder.
+
+    Installed extension: ``<module dir>/MedFoundCore/`` (a ``medfoundcore-*.whl`` inside); source
+    checkout: the repository's ``MedFoundCore/`` beside ``MedFoundSlicer/``.
+    """
+    for folder in (module_dir / CARRIED_DIR, module_dir.parent / CARRIED_DIR):
+        wheels = sorted(folder.glob("medfoundcore-*.whl"))
+        if wheels:
+            return wheels[-1]
+        if (folder / "pyproject.toml").is_file():
+            return folder
+    raise RuntimeError(f"this MedFound extension is incomplete: no MedFoundCore under {module_dir}; reinstall the extension")
+
+
+def keep_installed_constraints() -> str:
+    """Path of a pip constraints file pinning numpy, vtk, SimpleITK and torch at their installed versions."""
+    lines = [f"{name}=={version}" for name in KEEP_INSTALLED if (version := _version(name))]
     handle, path = tempfile.mkstemp(prefix="medfound-constraints-", suffix=".txt")
     with os.fdopen(handle, "w") as stream:
         stream.write("\n".join(lines) + "\n")
     return path
 
 
-def install_torch(pip_install: Callable[[str], None], log: Callable[[str], None]) -> None:
-    """Install torch via PyTorch Utils when that extension is present, else via pip (CPU/CUDA per index)."""
+def core_install_args(core: Path, constraints: str) -> list[str]:
+    """``pip install`` arguments for the carried core: one list item per argument (spaces are safe)."""
+    return [str(core), "-c", constraints]
+
+
+def install_torch(pip_install: PipInstall, log: Callable[[str], None]) -> None:
+    """Install torch via PyTorchUtils' ``installTorch`` (CUDA build for the machine); plain pip only without it."""
     try:
         import PyTorchUtils  # the Slicer "PyTorch" extension, listed in EXTENSION_DEPENDS
     except ImportError:
-        log("PyTorch Utils extension not found: installing torch with pip.")
-        pip_install(f"torch>={MINIMUM_TORCH}")
+        log("The PyTorch extension was not found: installing the default torch build with pip.")
+        pip_install([f"torch>={MINIMUM_TORCH}"])
         return
-    log("Installing PyTorch through the PyTorch Utils extension (it picks the right CUDA build)...")
+    log("Installing PyTorch through the PyTorch extension (it picks the build for this computer's GPU)...")
     torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=f">={MINIMUM_TORCH}")
     if torch is None:
         raise RuntimeError("PyTorch was not installed (declined or failed); MedFound needs it to run models.")
 
 
-def install_dependencies(
-    pip_install: Callable[[str], None],
-    log: Callable[[str], None] = print,
-    core_requirement: str = CORE_REQUIREMENT,
-) -> DependencyStatus:
+def install_core(pip_install: PipInstall, log: Callable[[str], None] = print, core: Path | None = None) -> None:
+    """Install MedFoundCore from the extension's own files, keeping numpy, vtk, SimpleITK and torch as they are."""
+    core = core or carried_core()
+    constraints = keep_installed_constraints()
+    try:
+        log(f"Installing MedFoundCore from {core} (keeping Slicer's numpy, VTK, SimpleITK and the installed PyTorch)...")
+        pip_install(core_install_args(core, constraints))
+    finally:
+        os.unlink(constraints)
+
+
+def check_python(version: tuple[int, ...] = tuple(sys.version_info[:2])) -> None:
+    """Refuse early, in words, on a Python older than MedFoundCore supports (pip's message is cryptic)."""
+    if version < MINIMUM_PYTHON:
+        have, need = ".".join(map(str, version)), ".".join(map(str, MINIMUM_PYTHON))
+        raise RuntimeError(f"MedFound needs Python {need} or newer; this Slicer has Python {have}. "
+                           "Use a newer Slicer (5.9 or later ships Python 3.12).")
+
+
+def install_dependencies(pip_install: PipInstall, log: Callable[[str], None] = print) -> DependencyStatus:
     """Install what is missing (torch, then MedFoundCore) and return the new status.
 
-    ``pip_install`` is ``slicer.util.pip_install`` inside Slicer; it takes one argument string.
-    ``core_requirement`` may be a wheel path or a source folder (``-e /path/MedFoundCore``) for developers.
+    ``pip_install`` is ``slicer.util.pip_install`` inside Slicer; it is given a list of arguments.
     """
     status = dependency_status()
+    if not status.satisfied:
+        check_python()
     if status.torch_version is None:
         install_torch(pip_install, log)
     if status.core_version is None:
-        constraints = keep_slicer_packages_constraints()
-        try:
-            log(f"Installing {core_requirement} (keeping Slicer's SimpleITK, numpy and vtk)...")
-            pip_install(f"{core_requirement} -c {constraints}")
-        finally:
-            os.unlink(constraints)
+        install_core(pip_install, log)
     importlib.invalidate_caches()
     new_status = dependency_status()
     if not new_status.satisfied:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import os
+
 import re
 from pathlib import Path
 
@@ -36,7 +39,7 @@ def test_extension_metadata():
         assert (REPO / "Resources" / "Screenshots" / shot.rsplit("/", 1)[-1]).is_file(), shot
 
 
-def test_installer_pins_what_slicer_ships_and_skips_satisfied_dependencies():
+def test_installer_pins_what_it_must_not_replace_and_skips_satisfied_dependencies():
     import importlib.metadata
     import os
 
@@ -44,16 +47,71 @@ def test_installer_pins_what_slicer_ships_and_skips_satisfied_dependencies():
 
     status = install.dependency_status()
     assert status.satisfied and status.torch_version == importlib.metadata.version("torch")
-    path = install.keep_slicer_packages_constraints()
+    path = install.keep_installed_constraints()
     try:
         pins = set(Path(path).read_text().split())
     finally:
         os.unlink(path)
-    assert f"numpy=={importlib.metadata.version('numpy')}" in pins
-    assert f"SimpleITK=={importlib.metadata.version('SimpleITK')}" in pins
-    assert f"vtk=={importlib.metadata.version('vtk')}" in pins
+    for name in ("numpy", "SimpleITK", "vtk", "torch"):
+        assert f"{name}=={importlib.metadata.version(name)}" in pins
 
-    def pip_must_not_run(requirement: str) -> None:
-        raise AssertionError(f"pip was asked to install {requirement!r} although everything is installed")
+    def pip_must_not_run(args) -> None:
+        raise AssertionError(f"pip was asked to install {args!r} although everything is installed")
 
     assert install.install_dependencies(pip_must_not_run, log=lambda _text: None).satisfied
+
+
+def test_installer_refuses_a_python_older_than_the_core_supports():
+    import pytest
+
+    from MedFoundSlicerLib import install
+
+    with pytest.raises(RuntimeError, match="needs Python 3.10"):
+        install.check_python((3, 9))
+    install.check_python((3, 12))
+
+
+def test_core_installs_from_the_extensions_own_files_into_a_clean_python(tmp_path):
+    """Build the wheel as MedFoundSlicer/CMakeLists.txt does, lay the extension out as Slicer installs it
+    (in a folder with spaces), and let install.py install the core into a fresh venv with a list of
+    arguments, as slicer.util.pip_install receives them. ``--no-deps``: the core's dependencies come
+    from PyPI in Slicer, which this machine cannot reach."""
+    import importlib.util
+    import shutil
+    import subprocess
+    import sys
+
+    source = tmp_path / "src" / "MedFoundCore"
+    shutil.copytree(REPO / "MedFoundCore", source, ignore=shutil.ignore_patterns("tests", "__pycache__", "*.egg-info", "build"))
+    modules = tmp_path / "Slicer 5.8" / "lib" / "Slicer-5.8" / "qt-scripted-modules"
+    wheel_dir = modules / "MedFoundCore"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--wheel-dir", str(wheel_dir), str(source)],
+                   check=True, capture_output=True)
+    shutil.copy(MODULE / "MedFoundSlicer.py", modules)
+    shutil.copytree(MODULE / "MedFoundSlicerLib", modules / "MedFoundSlicerLib", ignore=shutil.ignore_patterns("__pycache__"))
+    spec = importlib.util.spec_from_file_location("installed_install", modules / "MedFoundSlicerLib" / "install.py")
+    installed = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = installed  # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(installed)
+    finally:
+        del sys.modules[spec.name]
+
+    core = installed.carried_core()
+    assert core.parent == wheel_dir and core.name.startswith("medfoundcore-") and core.suffix == ".whl"
+    venv = tmp_path / "clean python"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / ("Scripts" if os.name == "nt" else "bin") / "python"
+    calls = []
+
+    def pip_install(args: list) -> None:  # what slicer.util.pip_install does with a list: python -m pip install *args
+        calls.append(args)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", *args], check=True)
+
+    installed.install_core(pip_install, log=lambda _text: None)
+    assert len(calls) == 1 and calls[0][0] == str(core) and calls[0][1] == "-c"
+    probe = ("import importlib.metadata as m, pathlib; f = m.files('medfoundcore'); "
+             "print(m.version('medfoundcore'), sum(str(p).endswith('structures.json') for p in f), "
+             "sum(str(p).endswith('model.safetensors') for p in f))")
+    out = subprocess.run([str(python), "-c", probe], check=True, capture_output=True, text=True).stdout.split()
+    assert out[0] == importlib.metadata.version("medfoundcore") and out[1] == "1" and int(out[2]) >= 2
