@@ -39,6 +39,10 @@ def cached_crop(shared_data, tmp_path_factory):
     return cache_cases(find_cases([crop_dir / "abdomen_img.nii.gz"]), root)
 
 
+def _dice(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(2 * (a & b).sum() / max(1, int(a.sum() + b.sum())))
+
+
 def _fixed_sample(case, keys, seed=3):
     vocab = load_vocabulary()
     values = {k: v for k, v in structure_values(case, vocab).items() if k in keys}
@@ -51,7 +55,7 @@ def test_loss_falls_and_prompts_separate(cached_crop, tmp_path, one_thread):
     sample = _fixed_sample(case, keys)
     assert sorted(sample.keys) == keys and all(sample.masks[i].sum() > 0 for i in range(2))
     text = text_table(sample.keys, load_vocabulary())
-    cfg = CTTrainConfig(steps=60, lr=3e-3, prompts=2, negatives=0, crop_zxy=WHOLE, structures=keys, model=SMALL, checkpoint_every=1000)
+    cfg = CTTrainConfig(steps=150, lr=3e-3, prompts=2, negatives=0, crop_zxy=WHOLE, structures=keys, model=SMALL, checkpoint_every=1000)
     torch.manual_seed(0)
     before, _ = sample_loss(build_ct_segmenter(SMALL), sample, text, cfg)
     net, history = train_ct_segmenter(cached_crop, tmp_path / "run", cfg)
@@ -59,11 +63,11 @@ def test_loss_falls_and_prompts_separate(cached_crop, tmp_path, one_thread):
         after, _ = sample_loss(net, sample, text, cfg)
         coarse = net.coarse_logits(net.pixel_features([f[None] for f in sample.features]), text)[0] > 0
     assert after.item() < 0.7 * before.item()
-    liver, spleen = coarse[0], coarse[1]
-    assert liver.sum() > 0 and spleen.sum() > 0
-    overlap = (liver & spleen).sum() / min(liver.sum(), spleen.sum())
-    assert overlap < 0.5  # one text, one mask: "liver" and "spleen" are not the same prediction
-    assert history["steps_done"] == 60 and "liver" in history["keys"]
+    frac = torch.nn.functional.avg_pool3d(sample.masks[None], net.upsample)[0] > 0.5
+    own = [_dice(coarse[k], frac[k]) for k in range(2)]
+    swapped = [_dice(coarse[k], frac[1 - k]) for k in range(2)]
+    assert all(o > s + 0.3 for o, s in zip(own, swapped)), (own, swapped)  # each text matches its own organ, not the other
+    assert history["steps_done"] == 150 and "liver" in history["keys"]
 
 
 def test_presence_gradient_never_reaches_the_segmentation_path(cached_crop):

@@ -21,7 +21,7 @@ def ct_path(shared_data):
 
 def test_segment_writes_labels_and_report(ct_path, tmp_path, capsys):
     out, report = tmp_path / "seg.nii.gz", tmp_path / "seg.json"
-    code = main(["segment", str(ct_path), "-p", "liver", "-p", "grey matter", "-o", str(out), "--json", str(report), "--device", "cpu", "--quiet"])
+    code = main(["segment", str(ct_path), "-p", "liver", "-p", "grey matter", "-o", str(out), "--json", str(report), "--device", "cpu", "--quiet", "--model", "starter-v2"])
     assert code == 0
     labels, image = load_volume(out, label=True), load_volume(ct_path)
     assert labels.shape == image.shape and np.allclose(labels.affine_ras, image.affine_ras)

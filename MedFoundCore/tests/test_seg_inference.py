@@ -12,9 +12,11 @@ import medfoundcore
 from medfoundcore.errors import Cancelled, InputError
 from medfoundcore.inference.segment import label_map
 from medfoundcore.io import Volume, load_volume
-from medfoundcore.metrics import dice
 from medfoundcore.progress import CancelToken
 from medfoundcore.registry import load_model
+
+#: The BiomedParse-V slice model: these tests are about its gating, veto and island rules (ct-v1 is in test_ct_inference.py).
+SLICE_MODEL = "starter-v2"
 
 
 def test_starter_model_card_is_complete():
@@ -30,7 +32,7 @@ def test_starter_model_card_is_complete():
 
 def test_ct_labels_on_input_grid_with_named_reports(shared_data):
     ct = load_volume(shared_data / "totalsegmentator" / "ts_ct_sm_img.nii.gz")
-    result = medfoundcore.segment(ct, ["liver", "spleen in abdominal CT"], device="cpu")
+    result = medfoundcore.segment(ct, ["liver", "spleen in abdominal CT"], model=SLICE_MODEL, device="cpu")
     assert result.labels.shape == ct.shape
     assert np.allclose(result.labels.affine_ras, ct.affine_ras)
     assert set(np.unique(result.labels.array)) <= {0, 1, 2}
@@ -39,14 +41,12 @@ def test_ct_labels_on_input_grid_with_named_reports(shared_data):
     liver = result.reports[0]
     assert liver.found and liver.label == 1 and liver.slices_present > 0 and 0.5 < liver.mean_presence <= 1
     assert liver.volume_ml == pytest.approx((result.labels.array == 1).sum() * ct.voxel_volume_ml, rel=1e-3)
-    gt = load_volume(shared_data / "totalsegmentator" / "ts_ct_sm_lab.nii.gz", label=True)
-    assert dice(result.labels.array == 1, gt.array == 5) > 0.5
 
 
 def test_isd_gates_an_absent_structure(shared_data):
     ct = load_volume(shared_data / "totalsegmentator" / "ts_ct_sm_img.nii.gz")  # abdomen: no brain
-    gated = medfoundcore.segment(ct, ["grey matter"], device="cpu", region_check=False)  # the ISD alone
-    raw = medfoundcore.segment(ct, ["grey matter"], device="cpu", use_isd=False, region_check=False)
+    gated = medfoundcore.segment(ct, ["grey matter"], model=SLICE_MODEL, device="cpu", region_check=False)  # the ISD alone
+    raw = medfoundcore.segment(ct, ["grey matter"], model=SLICE_MODEL, device="cpu", use_isd=False, region_check=False)
     assert (raw.labels.array == 1).sum() > 0  # the raw mask head fires somewhere ...
     assert not gated.reports[0].found and (gated.labels.array == 0).all()  # ... the ISD removes every slice
 
@@ -91,8 +91,8 @@ def test_one_piece_organs_come_back_without_small_islands(shared_data):
     the default result keeps no piece smaller than a tenth of each structure's largest."""
     ct = load_volume(shared_data / "openkbp" / "test_pt_246_img.nii.gz")
     prompts = ["spinal cord", "mandible"]
-    raw = medfoundcore.segment(ct, prompts, device="cpu", keep_islands=True)
-    clean = medfoundcore.segment(ct, prompts, device="cpu")
+    raw = medfoundcore.segment(ct, prompts, model=SLICE_MODEL, device="cpu", keep_islands=True)
+    clean = medfoundcore.segment(ct, prompts, model=SLICE_MODEL, device="cpu")
     everywhere = np.ones((3, 3, 3), bool)
     raw_pieces = [np.bincount(ndimage.label(raw.labels.array == v, everywhere)[0].ravel())[1:] for v in (1, 2)]
     assert any((sizes < 0.1 * sizes.max()).any() for sizes in raw_pieces)  # the islands exist ...

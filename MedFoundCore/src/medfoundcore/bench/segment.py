@@ -9,7 +9,8 @@ cases and structures, and report both side by side.
 The test volume is a real abdominal CT from the shared data (TotalSegmentator example, 3 mm)
 resampled up to the requested grid over the same field of view, so that the anatomy is real and the
 size is clinical. Each measurement runs in a fresh process so that peak RSS is that run's own.
-Targets (issue 3): one prompt ≤ 60 s on 2 CPU cores, ≤ 15 % per extra prompt, ≤ 5 s on a GPU.
+Targets (issue 13, ct-v1 on a 512 × 512 × 300 CT): 4 prompts ≤ 60 s end to end on 2 CPU cores, ≤ 5 % per
+extra prompt, peak RSS ≤ 6 GB; GPU time whenever a device is lent.
 """
 
 from __future__ import annotations
@@ -70,10 +71,12 @@ def test_volume(data_dir: Path, size: int, slices: int):
 
 def _measure(queue, data_dir: str, size: int, slices: int, prompts: list[str], model: str, device: str, batch: int | None) -> None:
     from ..inference.segment import segment
+    from ..inference.windows import FEATURES
     from ..io import save_volume
 
     volume = test_volume(Path(data_dir), size, slices)
     segment(volume, prompts[:1], model=model, device=device, batch_size=4)  # warm-up: model + text encoder loaded
+    FEATURES.clear()  # ... but the timed run computes its own window features, as a first call on a new CT does
     volume_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
     result = segment(volume, prompts, model=model, device=device, batch_size=batch)
@@ -134,7 +137,7 @@ def speed_report(args: argparse.Namespace) -> dict:
         "extra_prompt_overhead_pct": round(overhead, 1),
         "peak_rss_mb": max(one["peak_rss_mb"], many["peak_rss_mb"]),
         "runs": [one, many],
-        "targets": {"one_prompt_cpu_s": 60, "extra_prompt_pct": 15, "gpu_s": 5},
+        "targets": {"all_prompts_cpu_s": 60, "extra_prompt_pct": 5, "peak_rss_mb": 6144},
     }
 
 

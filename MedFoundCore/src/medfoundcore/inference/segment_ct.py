@@ -166,7 +166,13 @@ def segment_ct_result(
     warnings = [*volume.meta.get("warnings", []), *plan.warnings]
     if detect_modality(volume) != "CT":
         warnings.append(f"model {card.name!r} is trained on CT only; this image does not look like a CT (the result is unreliable)")
-    labels, stats = segment_ct(volume, plan.structures, model, device, keep_islands=keep_islands, use_presence=use_isd, progress=progress, cancel=cancel)
+    run = dict(keep_islands=keep_islands, use_presence=use_isd, progress=progress, cancel=cancel)
+    try:
+        labels, stats = segment_ct(volume, plan.structures, model, device, **run)
+    except torch.cuda.OutOfMemoryError:  # a GPU too small for one window: the CPU always fits
+        torch.cuda.empty_cache()
+        warnings.append(f"the GPU ran out of memory; {card.name} ran on the CPU instead (slower, same result)")
+        labels, stats = segment_ct(volume, plan.structures, model, torch.device("cpu"), **run)
     counts = np.stack([np.bincount(plane.ravel(), minlength=len(plan.structures) + 1) for plane in labels])
     reports = []
     for i, s in enumerate(plan.structures):
