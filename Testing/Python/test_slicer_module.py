@@ -48,3 +48,15 @@ def test_parameter_node_is_slicers_and_survives_a_scene_save(tmp_path, monkeypat
     choices = again.choices()
     assert (choices["Prompts"], choices["Device"], choices["RegionCheck"]) == ("liver\nspleen", "cpu", "false")
     assert again.chosenNode("InputVolume").GetName() == "CT"
+
+
+def test_text_encoder_loads_offline_without_process_wide_environment(monkeypatch):
+    import os
+
+    from medfoundcore.text import TextEncoder
+
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    vectors = TextEncoder().encode(["liver", "spleen"])
+    assert tuple(vectors.shape) == (2, 384)
+    assert "HF_HUB_OFFLINE" not in os.environ and "TRANSFORMERS_OFFLINE" not in os.environ

@@ -7,7 +7,6 @@ prompt always maps to the same vector and embeddings can be cached across calls 
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
@@ -54,8 +53,9 @@ class TextEncoder:
 
     def _load(self):
         if self._model is None:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            # Offline by construction: a local folder with local_files_only. No HF_HUB_OFFLINE or
+            # TRANSFORMERS_OFFLINE for the whole process: inside Slicer that would stop other
+            # extensions (nnInteractive, TotalSegmentator) from downloading their weights.
             from sentence_transformers import SentenceTransformer
 
             model = SentenceTransformer(str(model_path()), device=str(self.device), local_files_only=True)
