@@ -1,4 +1,4 @@
-"""MedFound: text-prompted and zero-shot segmentation of CT/MRI in 3D Slicer.
+"""MedFound: segmentation of CT/MRI in 3D Slicer from structure names or from points.
 
 Thin by design: the Widget wires controls to :class:`MedFoundSlicerLogic`; the Logic (in
 ``MedFoundSlicerLib.logic``) owns all scene work and runs headless on slicer-core; MedFoundCore does
@@ -8,7 +8,6 @@ and offers to install them.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -48,9 +47,9 @@ class MedFoundSlicer(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["MedFound developers"]
         self.parent.helpText = _(
-            "Segment CT and MRI volumes by naming structures (one per line), or zero-shot from include/exclude "
+            "Segment CT and MRI volumes by naming structures (one per line), or from include/exclude "
             "points; fine-tune models on your own segmentations and manage installed models. "
-            "Computation runs in the background: Slicer stays responsive and every job can be cancelled."
+            "Segmentation runs in a separate process: Slicer stays responsive, and every job can be cancelled."
         )
         self.parent.acknowledgementText = _(
             "MedFound implements ideas from BiomedParse-V (fractal volumetric encoding, image-level structure "
@@ -75,7 +74,7 @@ class MedFoundSlicerLogic(ScriptedLoadableModuleLogic, MedFoundLogic):
 # Widget
 #
 class MedFoundSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The four panels: Segment, Zero-shot, Train and Models."""
+    """The four panels: Segment, Points, Train and Models, and one Advanced section (device)."""
 
     POLL_INTERVAL_MS = 50
     FROM_SCRATCH = _("(train from scratch)")
@@ -233,7 +232,7 @@ class MedFoundSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         table = self.ui.modelsTable
         table.setRowCount(len(models))
         for row, model in enumerate(models):
-            for column, text in enumerate((model.name, model.kind, model.version, ", ".join(model.prompts[:8]))):
+            for column, text in enumerate((model.name, model.kindLabel, model.version, ", ".join(model.prompts[:8]))):
                 table.setItem(row, column, qt.QTableWidgetItem(text))
         self._modelInfos = models
         self._showSelectedCard()
@@ -261,6 +260,7 @@ class MedFoundSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                 idleText=button.text, started=time.perf_counter())
         button.text = runningText
         progressBar.setRange(0, 0)
+        progressBar.setVisible(True)
         statusLabel.text = _("Starting...")
         self._setOtherPanelsEnabled(kind, False)
         self._pollTimer.start()
@@ -295,8 +295,7 @@ class MedFoundSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         context, kind = self._jobContext, self._jobKind
         self._job, self._jobKind, self._jobContext = None, "", {}
         context["button"].text = context["idleText"]
-        context["progressBar"].setRange(0, 1)
-        context["progressBar"].setValue(1 if job.state is JobState.SUCCEEDED else 0)
+        context["progressBar"].setVisible(False)  # a bar is shown only while its job runs
         self._setOtherPanelsEnabled(kind, True)
         label = context["statusLabel"]
         if job.state is JobState.CANCELLED:
@@ -395,7 +394,7 @@ class MedFoundSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     item.setForeground(qt.QBrush(qt.QColor("gray")))
                 table.setItem(row, column, item)
 
-    # ---------------------------------------------------------------- Zero-shot panel
+    # ---------------------------------------------------------------- Points panel
     def _observeMarkups(self) -> None:
         for node, tag in self._observedMarkups:
             node.RemoveObserver(tag)
@@ -434,7 +433,7 @@ class MedFoundSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         def start(callbacks):
             return self.logic.startClick(volumeNode, positive, negative, model,
-                                         self._deviceChoice(self.ui.clickDeviceComboBox), callbacks)
+                                         self._deviceChoice(self.ui.deviceComboBox), callbacks)
 
         self._startJob("click", start, self.ui.clickApplyButton, self.ui.clickProgressBar, self.ui.clickStatusLabel,
                        _("Cancel"), volumeNode=volumeNode, automatic=automatic)
@@ -520,7 +519,7 @@ class MedFoundSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 cases = self.logic.casesFromFolder(ui.trainFolderPathLineEdit.currentPath, promptMap)
             return self.logic.startTraining(cases, ui.modelNameLineEdit.text, epochs=ui.epochsSpinBox.value,
                                             lr=ui.learningRateSpinBox.value, batchSize=ui.batchSizeSpinBox.value,
-                                            device=self._deviceChoice(ui.trainDeviceComboBox), baseModel=baseModel,
+                                            device=self._deviceChoice(ui.deviceComboBox), baseModel=baseModel,
                                             callbacks=callbacks)
 
         self._metricsTable = self._metricsChart = None
@@ -552,7 +551,7 @@ class MedFoundSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _showSelectedCard(self) -> None:
         model = self._selectedModel()
-        self.ui.modelCardTextEdit.setPlainText(json.dumps(model.card, indent=2, default=str) if model else "")
+        self.ui.modelCardTextEdit.setPlainText(model.description if model else "")
         self.ui.deleteModelButton.setEnabled(model is not None and not model.shipped and self._job is None)
 
     def onImportModel(self) -> None:

@@ -23,9 +23,10 @@ from .process import ProcessJob, medfound_command
 
 SEGMENT_KINDS = ("prompted-segmenter",)
 CLICK_KINDS = ("encoder3d",)
+KIND_LABELS = {"prompted-segmenter": "Structure names", "encoder3d": "Points"}
 DEVICE_CHOICES = {"Auto": "auto", "GPU (CUDA)": "cuda", "CPU": "cpu"}
 LOW_VRAM_GIB = 4.0
-ZERO_SHOT_SEGMENT = "MedFound zero-shot"
+ZERO_SHOT_SEGMENT = "MedFound from points"
 ZERO_SHOT_COLOR = (0.95, 0.75, 0.1)
 
 
@@ -72,6 +73,39 @@ class ModelInfo:
     @property
     def shipped(self) -> bool:
         return self.source != "user"
+
+    @property
+    def kindLabel(self) -> str:
+        """The model type in words ("Structure names", "Points"), not the card's internal kind."""
+        return KIND_LABELS.get(self.kind, self.kind)
+
+    @property
+    def description(self) -> str:
+        """What the Models panel shows: a few plain sentences from the card (never the raw JSON)."""
+        card = self.card
+        lines = [f"{self.name} (version {self.version or 'unknown'}): segments from {self.kindLabel.lower()}."]
+        if self.prompts:
+            lines.append("Structures: " + ", ".join(self.prompts) + ".")
+        trained = _training_summary(card.get("training_data"))
+        if trained:
+            lines.append(f"Trained on {trained}.")
+        lines.append("Shipped with MedFound." if self.shipped else f"Your model, stored in {self.path}.")
+        lines.append("Research use only; not for clinical decisions.")
+        return "\n".join(lines)
+
+
+def _training_summary(data) -> str:
+    """'12 cases from brats2013, msd_hippocampus' from a card's training_data (dict of cases/volumes/folders)."""
+    if not isinstance(data, dict):
+        return str(data) if data else ""
+    cases = data.get("cases")
+    count = len(cases) if isinstance(cases, (list, tuple)) else data.get("volumes") or data.get("cases")
+    folders = [Path(str(f)).name for f in data.get("folders", []) if str(f)]
+    words = f"{count} volumes" if count else ""
+    if folders:
+        shown = ", ".join(folders[:6]) + (f" and {len(folders) - 6} more" if len(folders) > 6 else "")
+        words = f"{words} from {shown}" if words else shown
+    return words
 
 
 MODULE_NAME = "MedFoundSlicer"  # Slicer's moduleName for MedFoundSlicerLogic: the parameter node's singleton tag

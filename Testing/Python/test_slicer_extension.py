@@ -35,8 +35,10 @@ def test_extension_metadata():
     assert 'set(EXTENSION_DEPENDS "PyTorch")' in text
     assert "add_subdirectory(MedFoundSlicer)" in text
     assert (REPO / "Resources" / "MedFound.png").is_file()
-    for shot in re.search(r'EXTENSION_SCREENSHOTURLS "([^"]+)"', text).group(1).split():
-        assert (REPO / "Resources" / "Screenshots" / shot.rsplit("/", 1)[-1]).is_file(), shot
+    urls = re.search(r'EXTENSION_SCREENSHOTURLS "([^"]+)"', text).group(1).split()
+    urls.append(re.search(r'EXTENSION_ICONURL "([^"]+)"', text).group(1))
+    for url in urls:  # each URL names a file of this repository (path after the branch)
+        assert "/main/" in url and (REPO / url.split("/main/", 1)[1]).is_file(), url
 
 
 def test_installer_pins_what_it_must_not_replace_and_skips_satisfied_dependencies():
@@ -115,3 +117,27 @@ def test_core_installs_from_the_extensions_own_files_into_a_clean_python(tmp_pat
              "sum(str(p).endswith('model.safetensors') for p in f))")
     out = subprocess.run([str(python), "-c", probe], check=True, capture_output=True, text=True).stdout.split()
     assert out[0] == importlib.metadata.version("medfoundcore") and out[1] == "1" and int(out[2]) >= 2
+
+
+# Keys of Slicer's extension catalog entry schema v1.0.1 (Schemas/slicer-extension-catalog-entry-schema-v1.0.1.json).
+CATALOG_REQUIRED = {"$schema", "category", "scm_url"}
+CATALOG_ALLOWED = CATALOG_REQUIRED | {"scm_revision", "scm_type", "build_dependencies", "build_subdirectory", "enabled", "tier"}
+
+
+def test_extensions_index_entry_matches_the_cmake_metadata():
+    import json
+
+    entry = json.loads((REPO / "MedFound.json").read_text())
+    assert CATALOG_REQUIRED <= set(entry) <= CATALOG_ALLOWED, sorted(set(entry) - CATALOG_ALLOWED)
+    assert "catalog-entry-schema-v1.0.1" in entry["$schema"]
+    text = (REPO / "CMakeLists.txt").read_text()
+    assert entry["category"] == "Segmentation" == re.search(r'set\(EXTENSION_CATEGORY "([^"]+)"\)', text).group(1)
+    assert entry["build_dependencies"] == re.search(r'set\(EXTENSION_DEPENDS "([^"]+)"\)', text).group(1).split() == ["PyTorch"]
+    assert entry["scm_url"].removesuffix(".git") in re.search(r'set\(EXTENSION_HOMEPAGE "([^"]+)"\)', text).group(1)
+    assert "<Name> (<Affiliation>)" in re.search(r'set\(EXTENSION_CONTRIBUTORS "([^"]+)"\)', text).group(1)
+
+
+def test_license_at_the_root_is_the_cores_apache_2():
+    text = (REPO / "LICENSE.txt").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert 'license = "Apache-2.0"' in (REPO / "MedFoundCore" / "pyproject.toml").read_text()

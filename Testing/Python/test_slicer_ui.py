@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 MODULE_DIR = REPO / "MedFoundSlicer"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "MedFoundSlicer.ui"
 SCREENSHOTS = REPO / "Resources" / "Screenshots"
-PANELS = {"segmentTab": "Segment", "clickTab": "Zero-shot", "trainTab": "Train", "modelsTab": "Models"}
+PANELS = {"segmentTab": "Segment", "clickTab": "Points", "trainTab": "Train", "modelsTab": "Models"}
 
 
 from pythonqt_shim import STAND_INS  # noqa: E402  (the same MRML/CTK stand-ins the Widget test uses)
@@ -109,3 +109,40 @@ def test_node_selectors_declare_their_node_types(panel):
     for name, node_type in expected.items():
         selector = panel.findChild(QtCore.QObject, name)
         assert list(selector.property("nodeTypes")) == [node_type], name
+
+
+JARGON = ("zero-shot", "zeroshot", "mean presence", "ω", "prompted-segmenter", "encoder3d", "PyTorch Utils")
+
+
+def _ui_strings() -> list[str]:
+    return [e.text for e in ET.parse(UI_FILE).getroot().iter("string") if e.text]
+
+
+def _translated_strings() -> list[str]:
+    source = (MODULE_DIR / "MedFoundSlicer.py").read_text()
+    return re.findall(r'_\(\s*"((?:[^"\\]|\\.)*)"', source)
+
+
+def test_clinician_wording_has_no_jargon():
+    texts = _ui_strings() + _translated_strings()
+    assert len(texts) > 50
+    found = sorted({(word, text) for text in texts for word in JARGON if word.lower() in text.lower()})
+    assert not found, f"jargon in what users read: {found}"
+
+
+def test_one_device_selector_and_advanced_settings_collapsed(panel):
+    root = ET.parse(UI_FILE).getroot()
+    devices = [w.get("name") for w in root.iter("widget") if w.get("class") == "QComboBox" and "device" in w.get("name").lower()]
+    assert devices == ["deviceComboBox"]
+    advanced = {w.get("name"): w for w in root.iter("widget") if w.get("class") == "ctkCollapsibleButton"
+                and any(s.text == "Advanced" for s in w.iter("string"))}
+    assert set(advanced) == {"advancedCollapsibleButton", "trainAdvancedCollapsibleButton"}
+    for name in advanced:
+        assert panel.findChild(QtCore.QObject, name).property("collapsed") is True, name
+    inside = {w.get("name") for name in advanced for w in advanced[name].iter("widget")}
+    assert {"deviceComboBox", "learningRateSpinBox", "batchSizeSpinBox"} <= inside
+
+
+def test_progress_bars_are_hidden_when_idle(panel):
+    bars = panel.findChildren(QtWidgets.QProgressBar)
+    assert len(bars) == 3 and all(bar.isHidden() for bar in bars)

@@ -65,18 +65,20 @@ def test_segment_through_the_widget(widget, shared_data):
     app = QtWidgets.QApplication.instance()
     ui = widget.ui
     volume = _prepare(widget, shared_data)
-    assert ui.tabWidget.enabled and ui.applyButton.text == "Segment"
+    assert ui.tabWidget.enabled and ui.applyButton.text == "Segment" and ui.segmentProgressBar.isHidden()
     ui.applyButton.click()
-    assert ui.applyButton.text == "Cancel"
+    assert ui.applyButton.text == "Cancel" and not ui.segmentProgressBar.isHidden()
     _run_until(app, lambda: widget._job is None)
     assert not widget.dialogs.errors, widget.dialogs.errors
-    assert ui.applyButton.text == "Segment"
+    assert ui.applyButton.text == "Segment" and ui.segmentProgressBar.isHidden()
     segmentation = ui.outputSegmentationSelector.currentNode()
     assert segmentation is not None and nodes.segment_names(segmentation) == ["liver", "spleen"]
     reference, values = selftest.reference_labels(shared_data)
     liver = segmentation.GetSegmentation().GetSegmentIdBySegmentName("liver")
     assert selftest.dice(nodes.segment_mask(segmentation, liver, volume), reference == values["liver"]) >= selftest.MIN_DICE["liver"]
     assert ui.summaryTable.rowCount == 2 and ui.summaryTable.item(0, 0).text() == "liver"
+    ui.modelsTable.selectRow(0)  # the Models panel describes a model in words, not its JSON card
+    assert "{" not in ui.modelCardTextEdit.plainText and "Research use only" in ui.modelCardTextEdit.plainText
     assert ui.segmentStatusLabel.text.startswith("2 of 2 structures found")
     choices = widget.logic.choices()  # the panel's choices went into the parameter node
     assert (choices["Prompts"], choices["Model"]) == ("liver\nspleen", SLICE_MODEL)
