@@ -211,6 +211,19 @@ def points_from_markups(markups_node) -> np.ndarray:
     return np.array(points, dtype=np.float64).reshape(-1, 3)
 
 
+def volume_node_from_volume(scene, volume: Volume, name: str):  # noqa: F821
+    """A new scalar volume node holding ``volume`` (voxels and world geometry): the reverse of volume_from_node."""
+    array = np.ascontiguousarray(volume.array)
+    image = vtk.vtkImageData()
+    image.SetDimensions(array.shape[2], array.shape[1], array.shape[0])
+    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(array.ravel(), deep=True))
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(name))
+    node.SetIJKToRASMatrix(_numpy_to_matrix(volume.affine_ras))
+    node.SetAndObserveImageData(image)
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
 def load_volume_node(scene, path: str, name: str | None = None, label: bool = False):
     """Read an image file into a new volume node through Slicer's own storage node (ITK readers)."""
     from medfoundcore.errors import InputError

@@ -134,7 +134,7 @@ class ProcessJob:
         if self.state is JobState.RUNNING and self._process is not None:
             exited = self._process.poll() is not None
             self._deliver(self._new_lines()[-max_events:])
-            if exited:
+            if exited and self.state is JobState.RUNNING:  # a callback may have cancelled meanwhile
                 self._finish(self._process.returncode)
         if self.finished_state and not self._delivered:
             self._delivered = True

@@ -100,10 +100,14 @@ def scenario_segment(logic, data: Path, model: str = "default") -> dict[str, flo
 
 
 def scenario_cancel(logic, data: Path, model: str = "default") -> dict[str, float]:
-    """Cancel a running segmentation: the job ends CANCELLED and the scene (with a prior output) is unchanged."""
+    """Cancel a running segmentation of a real CT: the job ends CANCELLED and the scene is unchanged."""
+    return cancel_segmentation(logic, load_case(logic, data), model)
+
+
+def cancel_segmentation(logic, volumeNode, model: str = "default") -> dict[str, float]:
+    """Cancel at the first progress report; the scene (with a prior user segmentation) must not change."""
     from .jobs import JobCallbacks, JobState
 
-    volumeNode = load_case(logic, data)
     existing = nodes.create_segmentation_node(logic.scene, volumeNode, "user segmentation")
     labels = nodes.volume_from_node(volumeNode)
     nodes.write_segments(existing, labels.with_array(np.zeros(labels.shape, np.uint8)), [nodes.SegmentSpec(1, "liver", (1, 0, 0))], False)
@@ -112,13 +116,99 @@ def scenario_cancel(logic, data: Path, model: str = "default") -> dict[str, floa
 
     def on_progress(progress):
         seen.append(progress.stage)
-        job.cancel()  # cancel as soon as the worker reports it is under way
+        job.cancel()  # cancel as soon as the child reports it is under way
 
     job = logic.startSegmentation(volumeNode, list(SEGMENT_PROMPTS), model=model, callbacks=JobCallbacks(on_progress=on_progress))
     job.wait()
+    _check(bool(seen), "the job reported no progress before it ended")
     _check(job.state is JobState.CANCELLED, f"job ended {job.state.value}, expected cancelled ({job.error})")
     _check(scene_snapshot(logic.scene) == before, "the scene changed although the job was cancelled")
     return {"cancel_latency_s": job.finished - job.started, "progress_events": float(len(seen))}
+
+
+# ---------------------------------------------------------------- synthetic case (no data needed)
+SYNTHETIC_SHAPE = (24, 64, 72)  # (K, J, I): 110 k voxels, 0.2 MB as int16
+SYNTHETIC_SPACING = (2.5, 2.0, 3.0)  # (I, J, K) mm, deliberately anisotropic
+
+
+def synthetic_volume(seed: int = 0):
+    """An MRI-like volume (positive intensities, no HU) with two labelled ellipsoids, on an oblique-free LPS grid.
+
+    Why synthetic: Slicer's build servers have no sample data; this exercises every step (node ->
+    file -> child process -> label map -> segments, training from scene nodes) with known geometry.
+    Returns ``(image Volume, labels array, {name: value})``.
+    """
+    from medfoundcore.io import Volume
+
+    rng = np.random.default_rng(seed)
+    k, j, i = np.meshgrid(*(np.arange(n, dtype=np.float32) for n in SYNTHETIC_SHAPE), indexing="ij")
+    body = ((i - 36) / 32) ** 2 + ((j - 32) / 26) ** 2 < 1
+    big = ((i - 24) / 12) ** 2 + ((j - 30) / 10) ** 2 + ((k - 12) / 8) ** 2 < 1
+    small = ((i - 52) / 6) ** 2 + ((j - 34) / 6) ** 2 + ((k - 12) / 5) ** 2 < 1
+    image = np.where(body, 300.0, 10.0) + np.where(big, 350.0, 0.0) + np.where(small, 500.0, 0.0)
+    image = (image + rng.normal(0, 20, image.shape)).clip(0).astype(np.int16)
+    labels = np.zeros(SYNTHETIC_SHAPE, np.uint8)
+    labels[big], labels[small] = 1, 2
+    spacing = np.array(SYNTHETIC_SPACING)
+    affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])  # LPS-stored, as DICOM-derived volumes are
+    affine[:3, 3] = (90.0, 60.0, -40.0)
+    return Volume.from_affine_ras(image, affine, {"source": "medfound-selftest-synthetic"}), labels, {"liver": 1, "spleen": 2}
+
+
+def synthetic_case(logic):
+    """The synthetic volume as a scene node, with its reference labels and names."""
+    volume, labels, names = synthetic_volume()
+    return nodes.volume_node_from_volume(logic.scene, volume, "MedFound self-test volume"), labels, names
+
+
+def scenario_segment_synthetic(logic, model: str = "default") -> dict[str, float]:
+    """Segment the synthetic volume through the child process: a label map exactly on the volume's grid,
+    one summary row per prompt, one segment per found structure with the reported volume."""
+    volumeNode, _labels, _names = synthetic_case(logic)
+    volume = nodes.volume_from_node(volumeNode)
+    job = logic.startSegmentation(volumeNode, list(SEGMENT_PROMPTS), model=model).wait()
+    _check(job.state.value == "succeeded", f"segmentation ended {job.state.value}: {job.error}")
+    result = job.result
+    _check(result.labels.shape == volume.shape and np.array_equal(result.labels.affine_ras, volume.affine_ras),
+           "the label map is not on the volume's grid")
+    segmentationNode, summaries = logic.applySegmentation(result, volumeNode)
+    _check([s.prompt for s in summaries] == list(SEGMENT_PROMPTS), "one summary row per prompt, in order")
+    _check(segmentationNode.GetSegmentation().GetNumberOfSegments() == sum(s.found for s in summaries),
+           "segments differ from found prompts")
+    voxel_ml = float(np.prod(volume.spacing)) / 1000
+    for summary in (s for s in summaries if s.found):
+        mask = nodes.segment_mask(segmentationNode, summary.segment_id, volumeNode)
+        _check(abs(mask.sum() * voxel_ml - summary.volume_ml) < 1.0, f"reported volume of {summary.name} does not match its segment")
+    return {"found": float(sum(s.found for s in summaries)), "seconds": job.finished - job.started}
+
+
+def scenario_cancel_synthetic(logic, model: str = "default") -> dict[str, float]:
+    """Cancel a segmentation of the synthetic volume; the scene is unchanged."""
+    volumeNode, _labels, _names = synthetic_case(logic)
+    return cancel_segmentation(logic, volumeNode, model)
+
+
+def scenario_train_synthetic(logic, steps: int = TRAIN_STEPS, base_model: str = "default") -> dict[str, float]:
+    """Fine-tune a few steps from the synthetic volume's segments (temporary model store); the model registers and runs."""
+    from .jobs import JobCallbacks, JobState
+
+    with temporary_model_store():
+        volumeNode, labels, names = synthetic_case(logic)
+        segmentationNode = nodes.create_segmentation_node(logic.scene, volumeNode, "self-test reference")
+        specs = [nodes.SegmentSpec(value, name, (0.8, 0.4, 0.3)) for name, value in names.items()]
+        nodes.write_segments(segmentationNode, nodes.volume_from_node(volumeNode).with_array(labels), specs, replace=False)
+        cases = logic.casesFromScene([(volumeNode, segmentationNode)], logic.segmentPromptMap(segmentationNode))
+        metrics = []
+        name = f"selftest-{int(time.time())}"
+        job = logic.startTraining(cases, name, epochs=None, steps=steps, batchSize=2, device="auto", baseModel=base_model,
+                                  callbacks=JobCallbacks(on_metrics=metrics.append), checkpoint_every=2, log_every=1)
+        job.wait()
+        _check(job.state is JobState.SUCCEEDED, f"training ended {job.state.value}: {job.error}")
+        _check(any(m.name == name for m in logic.models()), f"model '{name}' is not in the registry")
+        _check(len(metrics) >= 1 and all(np.isfinite(m.get("loss", np.nan)) for m in metrics), f"no finite loss reported: {metrics}")
+        seg = logic.startSegmentation(volumeNode, ["liver"], model=name).wait()
+        _check(seg.state is JobState.SUCCEEDED, f"the fine-tuned model did not run: {seg.error}")
+        return {"train_seconds": job.finished - job.started, "last_loss": float(metrics[-1]["loss"])}
 
 
 @contextmanager
