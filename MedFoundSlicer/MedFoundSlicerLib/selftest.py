@@ -99,11 +99,6 @@ def scenario_segment(logic, data: Path, model: str = "default") -> dict[str, flo
     return scores
 
 
-def scenario_cancel(logic, data: Path, model: str = "default") -> dict[str, float]:
-    """Cancel a running segmentation of a real CT: the job ends CANCELLED and the scene is unchanged."""
-    return cancel_segmentation(logic, load_case(logic, data), model)
-
-
 def cancel_segmentation(logic, volumeNode, model: str = "default") -> dict[str, float]:
     """Cancel at the first progress report; the scene (with a prior user segmentation) must not change."""
     from .jobs import JobCallbacks, JobState

@@ -175,10 +175,6 @@ def test_anatomical_check_is_a_logic_option_and_the_summary_says_what_it_removed
     assert "distant body region" in checked.status
 
 
-def test_cancel_leaves_the_scene_unchanged(logic, shared_data):
-    selftest.scenario_cancel(logic, shared_data, model=SLICE_MODEL)
-
-
 def test_fine_tune_from_scene_nodes_registers_a_usable_model(logic, shared_data):
     figures = selftest.scenario_train(logic, shared_data)
     print("train", figures)
