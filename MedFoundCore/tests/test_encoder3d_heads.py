@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from medfoundcore.errors import InputError
 from medfoundcore.io import load_volume
-from medfoundcore.models.encoder3d import build_encoder3d
+from medfoundcore.models.backbones.encoder3d import build_encoder3d
 from medfoundcore.models.heads import (
     AttentionPoolClassifier,
     ClassificationModel3D,

@@ -9,7 +9,7 @@ import torch
 from medfoundcore.io import load_volume
 from medfoundcore.losses.ssl import ThreeDMELoss, frozen_copy
 from medfoundcore.masking.progressive import ProgressiveMaskingSchedule
-from medfoundcore.models.encoder3d import build_mae3d
+from medfoundcore.models.backbones.encoder3d import build_mae3d
 from medfoundcore.preprocess import normalize_intensity
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from medfoundcore.errors import InputError
-from medfoundcore.models.encoder3d import (
+from medfoundcore.models.backbones.encoder3d import (
     Encoder3DConfig,
     build_encoder3d,
     build_mae3d,

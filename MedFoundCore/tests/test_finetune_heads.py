@@ -36,7 +36,7 @@ def test_segmentation_head_learns_registers_and_predicts(shared_data: Path, medf
     assert [s["value"] for s in card.structures] == [1, 2]
     assert card.training_data["base_encoder"] == "encoder-v1"
     # the frozen encoder kept the pretrained weights
-    from medfoundcore.train.pretrain import load_encoder
+    from medfoundcore.models.backbones.encoder3d import load_encoder
 
     base, _ = load_encoder("encoder-v1")
     assert all(torch.equal(a, b.to(a.dtype)) for a, b in zip(model.encoder.state_dict().values(), base.state_dict().values()))

@@ -17,7 +17,7 @@ from medfoundcore.losses.ssl import (
     sobel_edge_dice,
     sobel_edges,
 )
-from medfoundcore.models.encoder3d import build_encoder3d
+from medfoundcore.models.backbones.encoder3d import build_encoder3d
 
 
 def _cube(shape=(16, 16, 16), lo=4, hi=12, shift=0) -> torch.Tensor:

@@ -95,7 +95,7 @@ def test_view_selection_rule() -> None:
 
 
 def test_content_is_the_body_not_the_padding(shared_data: Path) -> None:
-    from medfoundcore.inference.segment import model_slices
+    from medfoundcore.preprocess import model_slices
 
     ct = load_volume(shared_data / "openkbp" / "test_pt_243_img.nii.gz")  # head-and-neck CT, zero-padded above the head
     labels = load_volume(shared_data / "openkbp" / "test_pt_243_lab.nii.gz", label=True).array
@@ -108,7 +108,7 @@ def test_content_is_the_body_not_the_padding(shared_data: Path) -> None:
 
 
 def test_lungs_inside_the_body_are_content(shared_data: Path) -> None:
-    from medfoundcore.inference.segment import model_slices
+    from medfoundcore.preprocess import model_slices
 
     ct = load_volume(shared_data / "totalsegmentator" / "ts_ct_full_img.nii.gz")
     stack = model_slices(ct.array, 0, "CT", 128)  # soft-tissue window: lung is as black as air

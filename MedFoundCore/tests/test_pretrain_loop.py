@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from medfoundcore.errors import Cancelled, InputError
-from medfoundcore.train.pretrain import CropSampler, PretrainConfig, discover_volumes, load_encoder, pretrain
+from medfoundcore.models.backbones.encoder3d import load_encoder
+from medfoundcore.train.pretrain import CropSampler, PretrainConfig, discover_volumes, pretrain
 
 TINY = dict(encoder="tiny", crop_size=16, spacing_mm=3.0, batch_size=2, lr=2e-3, warmup_steps=2, device="cpu", holdout=1, eval_crops=2)
 

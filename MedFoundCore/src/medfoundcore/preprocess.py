@@ -13,6 +13,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from . import fve
 from .errors import InputError
 from .io import Volume
 
@@ -274,3 +275,64 @@ def pad_to_stride(array: np.ndarray, multiple: Sequence[int] = CT_ENCODER_MULTIP
     return np.pad(array, pads, constant_values=value)
 
 
+# ------------------------------------------------------------------------------ 2D slice model input
+#: Version of the slice preprocessing below; training caches and model cards record it.
+SLICE_PREPROCESSING_VERSION = 1
+_SLICE_CHUNK = 32  # slices normalised / resized at once (bounds temporary memory)
+
+
+def model_slices(
+    array_kji: np.ndarray,
+    axis: int,
+    modality: str | None,
+    size: int,
+    window: str = "soft_tissue",
+    *,
+    label: bool = False,
+) -> np.ndarray:
+    """Slices along ``axis`` normalised to [0, 255] and resized to ``size × size``: ``(N, size, size)``.
+
+    Labels (``label=True``) are resized with nearest neighbour and keep their values. CT is windowed
+    chunk by chunk (voxel-wise); MRI percentiles need the whole volume and are computed once.
+    The same function prepares training and inference input of the 2D text-prompted model.
+    """
+    moved = np.moveaxis(array_kji, axis, 0)
+    if not label and modality != "CT":
+        moved = normalize_intensity(np.ascontiguousarray(moved), modality or "MRI")
+    out = np.empty((moved.shape[0], size, size), dtype=np.uint16 if label else np.float32)
+    for start in range(0, moved.shape[0], _SLICE_CHUNK):
+        chunk = moved[start : start + _SLICE_CHUNK]
+        if not label and modality == "CT":
+            chunk = normalize_intensity(chunk, "CT", window)
+        out[start : start + _SLICE_CHUNK] = _resize_slices(chunk, size, label)
+    return out
+
+
+def _resize_slices(chunk: np.ndarray, size: int, label: bool) -> np.ndarray:
+    import torch  # local: the rest of this module needs no torch
+    import torch.nn.functional as F
+
+    tensor = torch.from_numpy(np.ascontiguousarray(chunk).astype(np.float32))[:, None]
+    if label:
+        resized = F.interpolate(tensor, size=(size, size), mode="nearest-exact")
+        return resized[:, 0].round().numpy().astype(np.uint16)
+    resized = F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return resized[:, 0].clamp_(0, 255).numpy()
+
+
+def context_half(k: int) -> int:
+    """Context slices per side: N(k) = 3k - 2, and 0 for k = 0 (no FVE, the ablation baseline)."""
+    return 0 if k == 0 else fve.slices_per_side(k)
+
+
+def fve_images(stack: np.ndarray, start: int, stop: int, k: int) -> np.ndarray:
+    """FVE images ``(stop-start, 3, S, S)`` of focal slices [start, stop) of a ``(N, S, S)`` stack.
+
+    Only their slab is encoded; beyond the volume the edge slice repeats (paper §3.2). ``k = 0`` puts
+    the focal slice in all three channels (no volumetric context).
+    """
+    if k == 0:
+        return np.repeat(stack[start:stop, None], 3, axis=1).astype(np.float32)
+    half = fve.slices_per_side(k)
+    idx = np.clip(np.arange(start - half, stop + half), 0, stack.shape[0] - 1)
+    return fve.encode_volume(stack[idx], k)[half : half + stop - start]

@@ -32,6 +32,8 @@ __all__ = [
     "load_vocabulary",
     "normalize_prompt",
     "label_name_to_structure",
+    "prompt_text",
+    "structure_values",
 ]
 
 Laterality = Literal["left", "right", "both"] | None
@@ -449,3 +451,30 @@ def normalize_prompt(text: str) -> Structure:
 def label_name_to_structure(name: str) -> Structure | None:
     """Shortcut for ``load_vocabulary().label_name_to_structure(name)``."""
     return load_vocabulary().label_name_to_structure(name)
+
+
+def prompt_text(structure: Structure) -> str:
+    """The text the model is conditioned on for a structure: its canonical name (training = inference)."""
+    return structure.name
+
+
+def structure_values(names: dict[int, str], vocab: Vocabulary, allowed: set[str] | None) -> dict[str, list[int]]:
+    """Map a case's label table to vocabulary structures, adding parents (left+right -> both, ribs, ...)."""
+    out: dict[str, set[int]] = {}
+    for value, name in names.items():
+        structure = vocab.label_name_to_structure(name)
+        if structure is None:
+            continue
+        for key in [structure.key, *_ancestors(structure.key, vocab)]:
+            out.setdefault(key, set()).add(int(value))
+    return {k: sorted(v) for k, v in out.items() if allowed is None or k in allowed}
+
+
+def _ancestors(key: str, vocab: Vocabulary) -> list[str]:
+    """Enclosing structures via ``part_of`` (kidney_left -> kidney, vertebra_L1 -> vertebrae)."""
+    found: list[str] = []
+    parent = vocab.get(key).part_of
+    while parent and parent in vocab and parent not in found:
+        found.append(parent)
+        parent = vocab.get(parent).part_of
+    return found

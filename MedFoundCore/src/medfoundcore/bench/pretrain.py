@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _trainer(preset: str, crop: int, grad_checkpointing: bool, device: torch.device):
     from ..losses.ssl import ThreeDMELoss, frozen_copy
     from ..train.pretrain import Masker, PretrainConfig, _Pretrainer
-    from ..models.encoder3d import build_mae3d
+    from ..models.backbones.encoder3d import build_mae3d
 
     config = PretrainConfig(encoder=preset, crop_size=crop, steps=100, grad_checkpointing=grad_checkpointing, device=str(device))
     mae = build_mae3d(config.encoder_config()).to(device)

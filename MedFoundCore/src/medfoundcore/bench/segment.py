@@ -154,8 +154,7 @@ def reference_map(case, keys: list[str]):
     """The case's label map re-indexed so that label i+1 = ``keys[i]`` (union of mapped dataset labels)."""
     import numpy as np
 
-    from ..train.segment import structure_values
-    from ..vocabulary import load_vocabulary
+    from ..vocabulary import load_vocabulary, structure_values
 
     values = structure_values(case.names, load_vocabulary(), set(keys))
     present = [k for k in keys if k in values]
@@ -244,8 +243,7 @@ def heldout_report(refs, model: str, structures: list[str] | None, *, device: st
 def distant_keys(case) -> set[str]:
     """Structures of a body region distant from every region the case's labels cover (liver for a
     brain MRI): they cannot be in the image."""
-    from ..train.segment import structure_values
-    from ..vocabulary import load_vocabulary
+    from ..vocabulary import load_vocabulary, structure_values
 
     vocab = load_vocabulary()
     regions = {vocab.get(k).region for k in structure_values(case.names, vocab, None)}

@@ -392,7 +392,7 @@ _ENCODERS: dict[str, tuple[torch.nn.Module, Any]] = {}
 def _encoder(model: str | Path) -> tuple[torch.nn.Module, Any]:
     """The pretrained encoder and its card, kept after the first click (Slicer clicks many times)."""
     from ..registry import resolve_model_dir
-    from ..train.pretrain import load_encoder  # local: the model stack is only needed with features
+    from ..models.backbones.encoder3d import load_encoder  # local: the model stack is only needed with features
 
     key = str(resolve_model_dir(model).resolve())
     if key not in _ENCODERS:

@@ -23,24 +23,22 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .. import fve
 from ..device import autocast, resolve_device
 from ..errors import Cancelled, InputError
 from ..io import Volume, refuse_label_map
-from ..preprocess import content_mask, detect_modality, normalize_intensity, select_view
+from ..preprocess import content_mask, detect_modality, fve_images, model_slices, select_view
 from ..progress import CancelToken, ProgressCallback, check, report
 from ..registry import read_card, resolve_default
+from ..vocabulary import prompt_text
 from .prompts import PromptPlan, plan_prompts
 from .segment_ct import MODEL_KIND as CT_MODEL_KIND
 from .segment_ct import segment_ct_result
 from .postprocess import drop_vetoed_pieces, remove_islands
 from .region_veto import RegionVeto, rivals_seen, slices_are_axial, vetoed_slices
 
-PREPROCESSING_VERSION = 1
 NMS_IOU = 0.5  # a lower-confidence mask overlapping a higher one by more than this is dropped
-_CHUNK = 32  # slices normalised / resized at once (bounds temporary memory)
 
 
 @dataclass
@@ -82,47 +80,6 @@ class SegmentationResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "warnings": self.warnings, "prompts": [r.to_dict() for r in self.reports]}
-
-
-# ------------------------------------------------------------------------------ shared preprocessing
-def prompt_text(structure) -> str:
-    """The text the model is conditioned on for a structure: its canonical name (training = inference)."""
-    return structure.name
-
-
-def model_slices(
-    array_kji: np.ndarray,
-    axis: int,
-    modality: str | None,
-    size: int,
-    window: str = "soft_tissue",
-    *,
-    label: bool = False,
-) -> np.ndarray:
-    """Slices along ``axis`` normalised to [0, 255] and resized to ``size × size``: ``(N, size, size)``.
-
-    Labels (``label=True``) are resized with nearest neighbour and keep their values. CT is windowed
-    chunk by chunk (voxel-wise); MRI percentiles need the whole volume and are computed once.
-    """
-    moved = np.moveaxis(array_kji, axis, 0)
-    if not label and modality != "CT":
-        moved = normalize_intensity(np.ascontiguousarray(moved), modality or "MRI")
-    out = np.empty((moved.shape[0], size, size), dtype=np.uint16 if label else np.float32)
-    for start in range(0, moved.shape[0], _CHUNK):
-        chunk = moved[start : start + _CHUNK]
-        if not label and modality == "CT":
-            chunk = normalize_intensity(chunk, "CT", window)
-        out[start : start + _CHUNK] = _resize(chunk, size, label)
-    return out
-
-
-def _resize(chunk: np.ndarray, size: int, label: bool) -> np.ndarray:
-    tensor = torch.from_numpy(np.ascontiguousarray(chunk).astype(np.float32))[:, None]
-    if label:
-        resized = F.interpolate(tensor, size=(size, size), mode="nearest-exact")
-        return resized[:, 0].round().numpy().astype(np.uint16)
-    resized = F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return resized[:, 0].clamp_(0, 255).numpy()
 
 
 # ------------------------------------------------------------------------------ model loading
@@ -304,24 +261,6 @@ def _run(net, cfg, stack, content, text, native, device, batch_size, use_isd, ve
     return labels, scores
 
 
-def context_half(k: int) -> int:
-    """Context slices per side: N(k) = 3k - 2, and 0 for k = 0 (no FVE, the ablation baseline)."""
-    return 0 if k == 0 else fve.slices_per_side(k)
-
-
-def fve_images(stack: np.ndarray, start: int, stop: int, k: int) -> np.ndarray:
-    """FVE images ``(stop-start, 3, S, S)`` of focal slices [start, stop) of a ``(N, S, S)`` stack.
-
-    Only their slab is encoded; beyond the volume the edge slice repeats (paper §3.2). ``k = 0`` puts
-    the focal slice in all three channels (no volumetric context).
-    """
-    if k == 0:
-        return np.repeat(stack[start:stop, None], 3, axis=1).astype(np.float32)
-    half = fve.slices_per_side(k)
-    idx = np.clip(np.arange(start - half, stop + half), 0, stack.shape[0] - 1)
-    return fve.encode_volume(stack[idx], k)[half : half + stop - start]
-
-
 @torch.inference_mode()
 def _batch(net, cfg, padded, start, stop, text, native, device, use_isd, veto, content):
     images = fve_images(padded, start, stop, cfg.fve_k)[..., : cfg.image_size, : cfg.image_size]
@@ -490,4 +429,4 @@ def _outvoted_warnings(reports: list[PromptReport]) -> list[str]:
     ]
 
 
-__all__ = ["segment", "SegmentationResult", "PromptReport", "model_slices", "prompt_text", "label_map", "Cancelled"]
+__all__ = ["segment", "SegmentationResult", "PromptReport", "label_map", "Cancelled"]

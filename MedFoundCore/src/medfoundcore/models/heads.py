@@ -16,7 +16,7 @@ from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrUpBlock
 from torch import nn
 
 from ..errors import InputError
-from .encoder3d import DualBranchEncoder3D, Encoder3DOutput, build_encoder3d, tokens_to_map
+from .backbones.encoder3d import DualBranchEncoder3D, Encoder3DOutput, build_encoder3d, tokens_to_map
 
 NORM = "instance"
 

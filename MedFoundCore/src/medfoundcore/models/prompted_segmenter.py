@@ -22,8 +22,8 @@ from torch import nn
 
 from medfoundcore.config import dataclass_from_dict
 from medfoundcore.errors import InputError
-from medfoundcore.models.fpn import FPN
-from medfoundcore.models.image_encoder import ENCODER_PRESETS, ImageEncoder
+from medfoundcore.models.backbones.fpn import FPN
+from medfoundcore.models.backbones.image_encoder import ENCODER_PRESETS, ImageEncoder
 from medfoundcore.models.isd import ISD
 from medfoundcore.models.mask_decoder import MaskDecoder
 
@@ -38,7 +38,7 @@ __all__ = [
 
 _STRIDE = 32  # input sides are padded to a multiple of the coarsest stride
 
-# hidden dim, heads, queries per preset (encoder widths live in image_encoder.ENCODER_PRESETS)
+# hidden dim, heads, queries per preset (encoder widths live in backbones.image_encoder.ENCODER_PRESETS)
 DECODER_PRESETS: dict[str, dict[str, int]] = {
     "tiny": {"hidden_dim": 64, "num_heads": 4, "num_queries": 8},
     "small": {"hidden_dim": 128, "num_heads": 4, "num_queries": 16},

@@ -34,7 +34,7 @@ from ..models.heads import build_task_model3d, ClassificationModel3D, Segmentati
 from ..preprocess import detect_modality, normalize_intensity, resample_like, resample_to_spacing
 from ..progress import CancelToken, ProgressCallback, check, report
 from ..registry import ModelCard, load_model, save_model
-from .pretrain import load_encoder
+from ..models.backbones.encoder3d import load_encoder
 
 MetricsCallback = Callable[[dict[str, Any]], None]
 Task = Literal["segmentation", "classification"]

@@ -32,16 +32,16 @@ from torch import nn
 
 from ..device import autocast
 from ..config import dataclass_from_dict
-from ..errors import InputError, ModelError
+from ..errors import InputError
 from ..io import READ_SUFFIXES, atomic_path, load_volume
 from ..losses.ssl import ThreeDMELoss, frozen_copy
 from ..masking.dual_axis import dual_mask, noise_enhanced
 from ..masking.mim import cross_level_infonce, generate_mim_levels
 from ..masking.progressive import DEFAULT_STAGES, ProgressiveMaskingSchedule
-from ..models.encoder3d import DualBranchEncoder3D, Encoder3DConfig, MaskedAutoencoder3D, build_encoder3d, build_mae3d
+from ..models.backbones.encoder3d import DualBranchEncoder3D, Encoder3DConfig, MaskedAutoencoder3D, build_mae3d
 from ..preprocess import detect_modality, normalize_intensity
 from ..progress import CancelToken, ProgressCallback, check, report
-from ..registry import ModelCard, load_model, save_model
+from ..registry import ModelCard, save_model
 from . import distributed
 from .checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
 
@@ -740,16 +740,6 @@ def export_encoder(
         extra={"pretrain_config": config.to_dict()},
     )
     return save_model(encoder.state_dict(), card, directory, overwrite=True)
-
-
-def load_encoder(name_or_path: str | os.PathLike[str]) -> tuple[DualBranchEncoder3D, ModelCard]:
-    """Rebuild a pretrained encoder (card kind ``encoder3d``) in eval mode, weights sha256-verified."""
-    state, card = load_model(name_or_path)
-    if card.kind != "encoder3d":
-        raise ModelError(f"model {name_or_path!s} is a {card.kind!r}, not a pretrained 3D encoder (kind 'encoder3d')")
-    encoder = build_encoder3d(card.config)
-    encoder.load_state_dict(state)
-    return encoder.eval(), card
 
 
 def _write_metrics(

@@ -26,9 +26,9 @@ from ..data.datasets import Case, CaseRef
 from ..data.synth import synthesize
 from ..device import autocast
 from ..errors import InputError
-from ..inference.segment import PREPROCESSING_VERSION, context_half, fve_images, model_slices, prompt_text
-from ..preprocess import detect_modality, select_view, training_views
+from ..preprocess import SLICE_PREPROCESSING_VERSION, context_half, detect_modality, fve_images, model_slices, select_view, training_views
 from ..progress import CancelToken, ProgressCallback, check, report
+from ..vocabulary import prompt_text, structure_values
 from . import distributed
 from .checkpoint import (
     checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, remove_partial_checkpoints, save_checkpoint,
@@ -97,28 +97,6 @@ class PreparedCase:
     @property
     def keys(self) -> list[str]:
         return sorted(self.values)
-
-
-def structure_values(names: dict[int, str], vocab, allowed: set[str] | None) -> dict[str, list[int]]:
-    """Map a case's label table to vocabulary structures, adding parents (left+right -> both, ribs, ...)."""
-    out: dict[str, set[int]] = {}
-    for value, name in names.items():
-        structure = vocab.label_name_to_structure(name)
-        if structure is None:
-            continue
-        for key in [structure.key, *_ancestors(structure.key, vocab)]:
-            out.setdefault(key, set()).add(int(value))
-    return {k: sorted(v) for k, v in out.items() if allowed is None or k in allowed}
-
-
-def _ancestors(key: str, vocab) -> list[str]:
-    """Enclosing structures via ``part_of`` (kidney_left -> kidney, vertebra_L1 -> vertebrae)."""
-    found: list[str] = []
-    parent = vocab.get(key).part_of
-    while parent and parent in vocab and parent not in found:
-        found.append(parent)
-        parent = vocab.get(parent).part_of
-    return found
 
 
 def prepare_case(case: Case, config: TrainConfig, vocab, allowed: set[str] | None) -> list[PreparedCase]:
@@ -565,7 +543,7 @@ def _structure_entry(structure) -> dict[str, Any]:
 
 def _preprocessing(config: TrainConfig) -> dict[str, Any]:
     return {
-        "version": PREPROCESSING_VERSION,
+        "version": SLICE_PREPROCESSING_VERSION,
         "ct_window": config.ct_window,
         "mri": "clip 0.5-99.5 percentiles",
         "scale": "[0, 255] -> /255",

@@ -54,7 +54,7 @@ class ThreeDME(Method):
     def unavailable_reason(self) -> str | None:
         try:
             from ...train.finetune import FinetuneConfig, finetune, predict_segmentation  # noqa: F401
-            from ...train.pretrain import load_encoder
+            from ...models.backbones.encoder3d import load_encoder
         except ImportError as error:
             return f"3DME fine-tuning pipeline not importable ({error})"
         from ...errors import MedFoundError
@@ -103,7 +103,7 @@ class ThreeDME(Method):
         """Seconds per training step of this model, and an estimate of finetune()'s case preparation."""
         from ...models.heads import SegmentationModel3D
         from ...train.finetune import prepare_image
-        from ...train.pretrain import load_encoder
+        from ...models.backbones.encoder3d import load_encoder
 
         encoder, card = load_encoder(ENCODER)
         spacing = float(config.spacing_mm or card.preprocessing.get("spacing_mm", 1.0))

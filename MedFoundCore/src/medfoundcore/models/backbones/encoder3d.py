@@ -3,7 +3,7 @@
 Paper: 3DME §III-B/C. The ViT branch sees 8³ patches with a separable 3D sin-cos position encoding
 (eq. 1) through pre-norm transformer layers (eq. 2–3); the Conv3D branch (eq. 4–5) sees voxels. After
 each *fusion layer* the two streams exchange information through two deformable cross-attentions
-(eq. 6–7, see :mod:`.deformable_attention`) and a residual FFN, and the fused tokens continue through
+(eq. 6–7, see :mod:`..deformable_attention`) and a residual FFN, and the fused tokens continue through
 the ViT. :class:`MaskedAutoencoder3D` adds the 3-layer ViT decoder used for masked pretraining.
 """
 
@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+import os
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..config import dataclass_from_dict
-from ..errors import InputError
-from ..masking.voxels import broadcast_mask
-from .deformable_attention import DeformableCrossAttention3D, Grid
+from ...config import dataclass_from_dict
+from ...errors import InputError, ModelError
+from ...masking.voxels import broadcast_mask
+from ..deformable_attention import DeformableCrossAttention3D, Grid
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from ...registry import ModelCard
 
 PosEmbedMode = Literal["concat", "sum"]
 
@@ -331,7 +335,7 @@ class DualBranchEncoder3D(nn.Module):
         if any(s % p for s in x.shape[-3:]):
             raise InputError(
                 f"encoder3d input sides {tuple(x.shape[-3:])} must be multiples of the patch size {p}; "
-                "pad with medfoundcore.models.encoder3d.pad_to_patch_multiple"
+                "pad with medfoundcore.models.backbones.encoder3d.pad_to_patch_multiple"
             )
 
     def _run(self, module: nn.Module, *args: Any) -> Any:
@@ -434,6 +438,21 @@ def build_encoder3d(cfg: Encoder3DConfig | dict[str, Any] | str) -> DualBranchEn
 def build_mae3d(cfg: Encoder3DConfig | dict[str, Any] | str) -> MaskedAutoencoder3D:
     """Rebuild the pretraining MAE; its ``encoder.`` sub-state-dict loads into :func:`build_encoder3d`."""
     return MaskedAutoencoder3D(_as_config(cfg))
+
+
+def load_encoder(name_or_path: str | os.PathLike[str]) -> tuple[DualBranchEncoder3D, ModelCard]:
+    """Rebuild a pretrained encoder (card kind ``encoder3d``) in eval mode, weights sha256-verified.
+
+    Used by fine-tuning, interactive (click) inference and the benchmark alike.
+    """
+    from ...registry import load_model  # local: building an encoder needs no model store
+
+    state, card = load_model(name_or_path)
+    if card.kind != "encoder3d":
+        raise ModelError(f"model {name_or_path!s} is a {card.kind!r}, not a pretrained 3D encoder (kind 'encoder3d')")
+    encoder = build_encoder3d(card.config)
+    encoder.load_state_dict(state)
+    return encoder.eval(), card
 
 
 def count_parameters(module: nn.Module) -> int:
