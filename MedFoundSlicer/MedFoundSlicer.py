@@ -120,6 +120,7 @@ class MedFoundSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._setupMarkupsWidgets()
         self._connectSignals()
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndImport)
         self.ui.folderWidget.setVisible(False)
         self.ui.trainFolderPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs
         self._refreshDependencyState()
@@ -160,6 +161,11 @@ class MedFoundSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._pollTimer.stop()
         self._clickTimer.stop()
         self.removeObservers()
+
+    def onSceneEndImport(self, _caller, _event) -> None:
+        """A scene was opened: show the choices saved in its parameter node (once the panels are ready)."""
+        if self._warmJob is None and self.ui.tabWidget.enabled:
+            self._restoreSegmentChoices()
 
     def onSceneStartClose(self, _caller, _event) -> None:
         if self._job is not None:

@@ -31,8 +31,17 @@ STDERR_TAIL = 4000  # characters of the child's stderr kept as the details of a 
 
 
 def python_executable() -> str:
-    """The Python that has MedFoundCore: Slicer's ``PythonSlicer`` inside Slicer, else this interpreter."""
-    return shutil.which("PythonSlicer") or sys.executable
+    """The Python that has MedFoundCore: Slicer's ``PythonSlicer`` inside Slicer, else this interpreter.
+
+    Inside Slicer ``sys.executable`` may be the Slicer application itself, which must never be
+    started as a worker; PythonSlicer (on Slicer's PATH) runs Slicer's Python with its packages.
+    """
+    found = shutil.which("PythonSlicer")
+    if found:
+        return found
+    if Path(sys.executable).name.lower().startswith("slicer"):
+        raise RuntimeError("PythonSlicer was not found on PATH; MedFound cannot start its computation process")
+    return sys.executable
 
 
 def medfound_command(*args: str) -> list[str]:

@@ -99,3 +99,7 @@ def test_cancel_through_the_widget_leaves_the_scene_unchanged(widget, shared_dat
     assert ui.segmentStatusLabel.text == "Cancelled; the scene was not changed."
     assert selftest.scene_snapshot(slicer.mrmlScene) == before
     assert not widget.dialogs.errors and ui.applyButton.text == "Segment"
+    # opening a scene shows the choices saved in its parameter node
+    widget.logic.setChoices(Prompts="aorta", RegionCheck=False)
+    slicer.mrmlScene.InvokeEvent(slicer.mrmlScene.EndImportEvent)
+    assert ui.promptsTextEdit.plainText == "aorta" and not ui.regionCheckBox.checked
