@@ -170,8 +170,15 @@ class ctkCollapsibleButton(QtWidgets.QGroupBox):
 
     def _set_collapsed(self, collapsed: bool) -> None:
         self._collapsed = bool(collapsed)
+        self._apply_collapsed()
+
+    def _apply_collapsed(self) -> None:
         for child in self.findChildren(QtWidgets.QWidget, options=QtCore.Qt.FindDirectChildrenOnly):
             child.setVisible(not self._collapsed)
+
+    def showEvent(self, event) -> None:  # the loader sets properties before it adds the children
+        self._apply_collapsed()
+        super().showEvent(event)
 
     text = QtCore.Property(str, _text, _set_text)
     collapsed = QtCore.Property(bool, _get_collapsed, _set_collapsed)
