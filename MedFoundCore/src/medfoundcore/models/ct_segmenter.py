@@ -44,8 +44,17 @@ class CTSegmenterConfig:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
-def _norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(8, channels), channels)
+class ChannelNorm3d(nn.LayerNorm):
+    """LayerNorm over the channels of each voxel. Unlike GroupNorm / InstanceNorm its statistics do
+    not depend on the field of view, so a 192 mm training crop and a 336 mm inference window (or a
+    whole thin CT) see the same normalisation."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.movedim(1, -1)).movedim(-1, 1)
+
+
+def _norm(channels: int) -> nn.Module:
+    return ChannelNorm3d(channels)
 
 
 class PixelDecoder(nn.Module):

@@ -77,6 +77,22 @@ def case_negatives(present: Sequence[str], vocab: Vocabulary, trained: set[str])
     return sorted(s.key for s in vocab.distant_from(regions) if s.key in trained)
 
 
+def case_weights(cases: Sequence[CachedCase], values: Sequence[dict[str, list[int]]]) -> list[float]:
+    """Sampling weight per case: cases are grouped by their data set's region, each group is drawn
+    in proportion to √(number of structures it teaches), each case of a group equally. Drawn
+    uniformly, 60 head-and-neck CTs left the one abdominal patient ~1 crop in 64 (its organs were
+    still unseen after 200 steps)."""
+    groups: dict[str, list[int]] = {}
+    for i, case in enumerate(cases):
+        groups.setdefault(case.meta.get("region") or case.case_id, []).append(i)
+    weights = [0.0] * len(cases)
+    for members in groups.values():
+        taught = {k for i in members for k in values[i]}
+        for i in members:
+            weights[i] = math.sqrt(max(1, len(taught))) / len(members)
+    return weights
+
+
 def _crop_start(shape: Sequence[int], crop: Sequence[int], centre: Sequence[int] | None, rng: random.Random) -> list[int]:
     """A crop start per axis, a multiple of 8 layer1 voxels (one layer4 voxel) so every scale aligns."""
     starts = []
@@ -147,11 +163,20 @@ def refine_box(
 
 # ------------------------------------------------------------------------------------ losses
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    """Soft Dice per prompt (dims after the first two summed), averaged; empty targets score on FP."""
-    prob = torch.sigmoid(logits)
+    """Soft Dice averaged over the prompts whose target is not empty ([B, K, ...] tensors).
+
+    Absent prompts are left to the BCE term: a Dice term on an empty target is ~1 for any non-zero
+    probability mass, and with several absent prompts per crop it drove every mask to nothing
+    (measured: all logits < -12 after 600 steps, even for the liver on its own training crop).
+    """
     dims = tuple(range(2, logits.ndim))
+    present = target.sum(dims) > 0
+    if not present.any():
+        return logits.sum() * 0.0
+    prob = torch.sigmoid(logits)
     inter = (prob * target).sum(dims)
-    return (1 - (2 * inter + eps) / (prob.sum(dims) + target.sum(dims) + eps)).mean()
+    dice = 1 - (2 * inter + eps) / (prob.sum(dims) + target.sum(dims) + eps)
+    return dice[present].mean()
 
 
 def sample_loss(
@@ -217,6 +242,7 @@ def train_ct_segmenter(
     embeddings = dict(zip(keys, text_table(keys, vocab)))
     values = [{k: v for k, v in structure_values(c, vocab).items() if k in embeddings} for c in cases]
     negatives = [case_negatives(list(v), vocab, set(keys)) for v in values]
+    weights = case_weights(cases, values)
     net = build_ct_segmenter(cfg.model)
     if init is not None:
         net.load_state_dict(init)
@@ -238,7 +264,7 @@ def train_ct_segmenter(
         check(cancel)
         if cfg.max_minutes is not None and time.monotonic() - started > 60 * cfg.max_minutes:
             break
-        i = rng.randrange(len(cases))
+        i = rng.choices(range(len(cases)), weights)[0]
         sample = sample_crop(cases[i], values[i], negatives[i], cfg, rng)
         if not sample.keys:
             continue
