@@ -79,6 +79,7 @@ class MedFoundSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     POLL_INTERVAL_MS = 50
     FROM_SCRATCH = _("(train from scratch)")
     INTENSITY_ONLY = _("(no model: intensity only)")
+    AUTOMATIC_MODEL = _("Automatic (chosen for the image)")  # the core's "default": per modality (CT or MRI)
     CLICK_DEBOUNCE_MS = 400
     MARKUP_EVENTS = ("PointEndInteractionEvent", "PointPositionDefinedEvent", "PointRemovedEvent")
 
@@ -230,6 +231,8 @@ class MedFoundSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             combo.clear()
             for model in (m for m in models if m.kind in kinds):
                 combo.addItem(model.name)
+            if combo is self.ui.modelComboBox:
+                combo.insertItem(0, self.AUTOMATIC_MODEL)
             if combo is self.ui.baseModelComboBox:
                 combo.addItem(self.FROM_SCRATCH)
             if combo is self.ui.clickModelComboBox:
@@ -339,7 +342,7 @@ class MedFoundSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         def start(callbacks):
             prompts = self.logic.parsePrompts(self.ui.promptsTextEdit.plainText)
-            return self.logic.startSegmentation(volumeNode, prompts, self.ui.modelComboBox.currentText or "default",
+            return self.logic.startSegmentation(volumeNode, prompts, self._segmentModel(),
                                                 self._deviceChoice(self.ui.deviceComboBox), callbacks,
                                                 regionCheck=self.ui.regionCheckBox.checked)
 
@@ -347,10 +350,15 @@ class MedFoundSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._startJob("segment", start, self.ui.applyButton, self.ui.segmentProgressBar, self.ui.segmentStatusLabel,
                        _("Cancel"), volumeNode=volumeNode)
 
+    def _segmentModel(self) -> str:
+        """The Segment panel's model as the CLI names it: "default" lets the core choose per modality."""
+        text = self.ui.modelComboBox.currentText
+        return "default" if text in ("", self.AUTOMATIC_MODEL) else text
+
     def _storeSegmentChoices(self) -> None:
         """Keep the Segment panel's choices in the parameter node (saved with the scene)."""
         ui = self.ui
-        self.logic.setChoices(Prompts=ui.promptsTextEdit.plainText, Model=ui.modelComboBox.currentText or "default",
+        self.logic.setChoices(Prompts=ui.promptsTextEdit.plainText, Model=self._segmentModel(),
                               Device=self._deviceChoice(ui.deviceComboBox), RegionCheck=ui.regionCheckBox.checked,
                               InputVolume=ui.inputVolumeSelector.currentNode(),
                               OutputSegmentation=ui.outputSegmentationSelector.currentNode())
@@ -359,7 +367,7 @@ class MedFoundSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Show the parameter node's choices (a reopened scene brings back the last ones)."""
         ui, choices = self.ui, self.logic.choices()
         ui.promptsTextEdit.setPlainText(choices["Prompts"])
-        index = ui.modelComboBox.findText(choices["Model"])
+        index = ui.modelComboBox.findText(self.AUTOMATIC_MODEL if choices["Model"] == "default" else choices["Model"])
         if index >= 0:
             ui.modelComboBox.setCurrentIndex(index)
         deviceNames = {value: name for name, value in DEVICE_CHOICES.items()}

@@ -64,6 +64,7 @@ def _prepare(widget, shared_data):
 def test_segment_through_the_widget(widget, shared_data):
     app = QtWidgets.QApplication.instance()
     ui = widget.ui
+    assert ui.modelComboBox.currentIndex == 0 and widget._segmentModel() == "default"  # the core chooses per modality
     volume = _prepare(widget, shared_data)
     assert ui.tabWidget.enabled and ui.applyButton.text == "Segment" and ui.segmentProgressBar.isHidden()
     ui.applyButton.click()
