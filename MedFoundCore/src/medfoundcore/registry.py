@@ -182,12 +182,14 @@ def read_card(name_or_path: str | os.PathLike[str]) -> ModelCard:
 
 
 def resolve_default(model: str, volume) -> str:
-    """``default`` means the CT model (``ct-v1``) for a CT and the slice model for anything else."""
+    """``default`` means the CT model (``ct-v1``) for a CT when it is installed, and the slice model
+    for anything else."""
     if model != "default":
         return model
     from .preprocess import detect_modality
 
-    return "default-ct" if detect_modality(volume) == "CT" else "default"
+    ct_installed = any(m.name == ALIASES["default-ct"] for m in list_models())
+    return "default-ct" if ct_installed and detect_modality(volume) == "CT" else "default"
 
 
 def load_model(name_or_path: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32) -> tuple[dict[str, torch.Tensor], ModelCard]:

@@ -68,9 +68,10 @@ def _pixel_features(model: CTModel, window: torch.Tensor) -> list[torch.Tensor]:
     with autocast(model.device):
         pixel = model.decoder.pixel_features(model.encoder(window))
         image = model.decoder.image_features(window)
-    out = [pixel.float(), image.float()]
-    FEATURES.put(key, [t.to("cpu", torch.float16) for t in out])
-    return out
+    stored = [t.to("cpu", torch.float16) for t in (pixel, image)]
+    FEATURES.put(key, stored)
+    # the first call uses the stored (fp16) values too, so a later call from the cache gives the same result
+    return [t.to(model.device).float() for t in stored]
 
 
 def _coarse_box(prob: torch.Tensor) -> tuple[slice, ...] | None:
