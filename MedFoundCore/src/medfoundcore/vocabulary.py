@@ -465,12 +465,12 @@ def structure_values(names: dict[int, str], vocab: Vocabulary, allowed: set[str]
         structure = vocab.label_name_to_structure(name)
         if structure is None:
             continue
-        for key in [structure.key, *_ancestors(structure.key, vocab)]:
+        for key in [structure.key, *ancestors(structure.key, vocab)]:
             out.setdefault(key, set()).add(int(value))
     return {k: sorted(v) for k, v in out.items() if allowed is None or k in allowed}
 
 
-def _ancestors(key: str, vocab: Vocabulary) -> list[str]:
+def ancestors(key: str, vocab: Vocabulary) -> list[str]:
     """Enclosing structures via ``part_of`` (kidney_left -> kidney, vertebra_L1 -> vertebrae)."""
     found: list[str] = []
     parent = vocab.get(key).part_of

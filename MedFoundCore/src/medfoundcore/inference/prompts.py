@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..errors import InputError, shorten
-from ..vocabulary import Structure, Vocabulary
+from ..vocabulary import Structure, Vocabulary, ancestors
 
 MAX_LABELS = 255
 
@@ -81,16 +81,6 @@ def _duplicate_warnings(structures: list[Structure], prompts_of: list[list[str]]
         for i, (s, group) in enumerate(zip(structures, prompts_of))
         if len(group) > 1
     ]
-
-
-def ancestors(key: str, vocab: Vocabulary) -> list[str]:
-    """Keys of the structures enclosing ``key`` (left kidney -> kidney; L1 -> vertebrae)."""
-    out: list[str] = []
-    parent = vocab.get(key).part_of
-    while parent and parent in vocab and parent not in out:
-        out.append(parent)
-        parent = vocab.get(parent).part_of
-    return out
 
 
 def _refuse_overlaps(structures: list[Structure], vocab: Vocabulary) -> None:

@@ -30,7 +30,7 @@ from ..models.backbones import ct_weights
 from ..models.ct_segmenter import CTSegmenterConfig, CTTextSegmenter, build_ct_segmenter
 from ..progress import CancelToken, ProgressCallback, check, report
 from ..registry import ModelCard, save_model
-from ..vocabulary import Structure, Vocabulary, load_vocabulary
+from ..vocabulary import Vocabulary, ancestors, load_vocabulary
 from .checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
 from .ct_features import CachedCase
 
@@ -64,9 +64,9 @@ def structure_values(case: CachedCase, vocab: Vocabulary) -> dict[str, list[int]
     levels → vertebrae, lung thirds → lung side → lung), so "kidney" trains on both kidneys."""
     out: dict[str, list[int]] = {}
     for value, key in case.meta["label_keys"].items():
-        while key is not None and key in vocab:
-            out.setdefault(key, []).append(int(value))
-            key = vocab.get(key).part_of
+        if key in vocab:
+            for k in [key, *ancestors(key, vocab)]:
+                out.setdefault(k, []).append(int(value))
     return out
 
 
@@ -312,11 +312,6 @@ def ship(net: CTTextSegmenter, history: dict, name: str, directory: str | Path |
         extra={"history": {k: v for k, v in history.items() if k != "keys"}, "license": "Apache-2.0 (decoder); encoder MIT (Astra / Merlin)"},
     )
     return save_model(net.state_dict(), card, directory, overwrite=overwrite)
-
-
-def structures_of(keys: Sequence[str]) -> list[Structure]:
-    vocab = load_vocabulary()
-    return [vocab.get(k) for k in keys]
 
 
 def train_ct_from_cases(
