@@ -102,11 +102,8 @@ def cache_cases(
 
     root = Path(root)
     dev = torch.device(device)
-    encoder = build_pretrained_encoder(4, pretrained=pretrained)
-    if not pretrained:
-        torch.manual_seed(0)
-        encoder = build_pretrained_encoder(4, pretrained=False)
-    encoder = encoder.to(dev)
+    torch.manual_seed(0)  # the random-initialisation control is the same network every time
+    encoder = build_pretrained_encoder(4, pretrained=pretrained).to(dev)
     cached = []
     for i, ref in enumerate(refs):
         check(cancel)

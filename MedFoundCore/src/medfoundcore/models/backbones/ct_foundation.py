@@ -13,8 +13,6 @@ Feature strides (Z, X, Y): layer1 (2, 4, 4), layer2 (4, 8, 8), layer3 (8, 16, 16
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import nn
 
@@ -105,8 +103,3 @@ def state_dict_for_stages(state: dict[str, torch.Tensor], stages: int) -> dict[s
     """The subset of a full (4-stage) state dict that a ``stages``-stage encoder holds."""
     dropped = tuple(f"layer{i}." for i in range(stages + 1, 5))
     return {k: v for k, v in state.items() if not k.startswith(dropped)}
-
-
-def minimum_window(strides: Sequence[tuple[int, int, int]] = FEATURE_STRIDES) -> tuple[int, int, int]:
-    """The (Z, X, Y) multiple a window must have so every stage's grid divides it exactly."""
-    return strides[-1]
