@@ -90,6 +90,23 @@ def test_cli_click_writes_a_label_map_and_refuses_to_overwrite(shared_data: Path
     assert "outside the image" in capsys.readouterr().err
 
 
+def test_cli_click_progress_json_is_one_json_object_per_line_on_stdout(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """What the Slicer module reads from the child process (``--progress-json``)."""
+    import json
+
+    image, labels = _case(shared_data, "ts_mr_sm")
+    point = ",".join(repr(float(v)) for v in _inner_click(image, labels.array == 1))
+    out = tmp_path / "mask.nrrd"
+    source = shared_data / "totalsegmentator" / "ts_mr_sm_img.nii.gz"
+    assert cli_main(["click", str(source), f"--point={point}", "-o", str(out), "--model", "none", "--progress-json"]) == 0
+    captured = capsys.readouterr()
+    events = [json.loads(line) for line in captured.out.splitlines()]  # every stdout line is JSON
+    progress = [e["progress"] for e in events if "progress" in e]
+    assert [(p["stage"], p["done"], p["total"]) for p in progress][-1] == ("click", 4, 4)
+    assert events[-1]["output"] == str(out) and events[-1]["voxels"] == int(load_volume(out, label=True).array.sum())
+    assert "click" not in captured.err  # no progress bar on stderr
+
+
 def test_out_of_vocabulary_text_is_matched_with_confidence_or_refused() -> None:
     synonym = match_text_prompt("splenic tissue")
     assert synonym.structure == "spleen" and not synonym.exact and 0.7 <= synonym.confidence < 1.0

@@ -68,3 +68,21 @@ def test_train_seg_refuses_to_mix_runs_without_resume(shared_data, tmp_path, med
     code = main(["train-seg", str(shared_data / "totalsegmentator" / "ts_ct_sm_img.nii.gz"), "--out-name", "x", "--work-dir", str(work)])
     assert code == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def test_train_seg_progress_json_reports_progress_and_metrics_on_stdout(shared_data, tmp_path, medfound_home, capsys, one_thread):
+    """What the Slicer module reads from the child process: JSON progress and metrics lines, then the model folder."""
+    work = tmp_path / "run"
+    args = ["train-seg", str(shared_data / "dcmqi_ct3slice"), "--out-name", "json-run", "--work-dir", str(work),
+            "--steps", "2", "--log-every", "1", "--checkpoint-every", "1", "--preset", "tiny", "--image-size", "64",
+            "--batch-size", "2", "--device", "cpu", "--progress-json"]
+    assert main(args) == 0
+    *lines, last = capsys.readouterr().out.splitlines()
+    events = [json.loads(line) for line in lines]  # every line before the model folder is JSON
+    assert [e["metrics"]["step"] for e in events if "metrics" in e] == [1, 2]
+    training = [e["progress"] for e in events if e.get("progress", {}).get("stage") == "training"]
+    assert [(p["done"], p["total"]) for p in training] == [(1, 2), (2, 2)]
+    assert last == str(medfound_home / "models" / "json-run") and (medfound_home / "models" / "json-run" / "card.json").is_file()
+    # the same command again resumes the finished run (with --resume) and keeps its model
+    assert main(args + ["--resume"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == last

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..device import DEVICE_CHOICES
 from ..errors import InputError
-from ..progress import cli_progress
+from ..progress import cli_progress, json_progress
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,6 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--progress-json", action="store_true", help="progress as JSON lines on stdout, for a calling program (Slicer)")
     parser.set_defaults(func=run)
 
 
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     negatives = [parse_point(p) for p in args.negative]
     volume = load_volume(args.image)
     model = None if str(args.model).lower() == "none" else args.model
-    progress = cli_progress(disable=args.quiet)
+    progress = json_progress() if args.progress_json else cli_progress(disable=args.quiet)
     try:
         result = click_segment(volume, positives, negatives, model, args.device, progress=progress)
     finally:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..device import DEVICE_CHOICES
 from ..errors import InputError
-from ..progress import cli_progress
+from ..progress import cli_progress, json_progress
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -55,9 +55,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--structures", nargs="*", help="train only these vocabulary keys")
     parser.add_argument("--holdout", nargs="*", default=[], help="subjects to leave out of training")
     parser.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    parser.add_argument("--log-every", type=int, default=d.log_every, help="report the training metrics every N steps (and at the last step)")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     parser.add_argument("--quiet", action="store_true", help="no progress bar (metrics lines are still printed)")
+    parser.add_argument(
+        "--progress-json", action="store_true",
+        help='progress and metrics as JSON lines on stdout ({"progress": ...}, {"metrics": ...}), for a calling program (Slicer)',
+    )
     parser.set_defaults(func=run)
 
 
@@ -80,6 +85,7 @@ def config_from_args(args: argparse.Namespace):
         scale_range=tuple(args.scale_range),
         device=args.device,
         checkpoint_every=args.checkpoint_every,
+        log_every=args.log_every,
         seed=args.seed,
         base_model=args.base_model,
         structures=args.structures or None,
@@ -100,10 +106,14 @@ def run(args: argparse.Namespace) -> int:
     refs = find_cases(args.data)
     train, held = split_by_subject(refs, args.holdout) if args.holdout else (refs, [])
     print(f"training on {len(train)} cases ({len({r.subject for r in train})} subjects); held out {len(held)}", file=sys.stderr)
-    bar = cli_progress(disable=args.quiet)
+    bar = json_progress() if args.progress_json else cli_progress(disable=args.quiet)
 
     def show(m: dict) -> None:
-        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}), file=sys.stderr, flush=True)
+        rounded = {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}
+        if args.progress_json:  # beside the progress lines, where the caller reads them
+            print(json.dumps({"metrics": rounded}), flush=True)
+        else:
+            print(json.dumps(rounded), file=sys.stderr, flush=True)
 
     try:
         if args.model == "ct":
