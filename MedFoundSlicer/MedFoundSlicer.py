@@ -49,7 +49,7 @@ class MedFoundSlicer(ScriptedLoadableModule):
         self.parent.helpText = _(
             "Segment CT and MRI volumes by naming structures (one per line), or from include/exclude "
             "points; fine-tune models on your own segmentations and manage installed models. "
-            "Segmentation runs in a separate process: Slicer stays responsive, and every job can be cancelled."
+            "Segmenting, points and training run in a separate process: Slicer stays responsive, and every job can be cancelled."
         )
         self.parent.acknowledgementText = _(
             "MedFound implements ideas from BiomedParse-V (fractal volumetric encoding, image-level structure "
@@ -309,7 +309,7 @@ class MedFoundSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         label = context["statusLabel"]
         if job.state is JobState.CANCELLED:
             label.text = _("Cancelled; the scene was not changed.") if kind != "train" else _(
-                "Stopped. Start again with the same model name to resume.")
+                "Stopped. Start again with the same model name to resume from the last saved step.")
         elif job.state is JobState.FAILED:
             label.text = job.error
             logging.error("MedFound %s failed: %s\n%s", kind, job.error, job.details)
@@ -519,7 +519,7 @@ class MedFoundSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onTrain(self) -> None:
         if self._jobKind == "train":
             self._job.cancel()
-            self.ui.trainStatusLabel.text = _("Stopping after the current step (a checkpoint is kept)...")
+            self.ui.trainStatusLabel.text = _("Stopping...")
             return
         ui = self.ui
         base = ui.baseModelComboBox.currentText
@@ -593,9 +593,9 @@ class MedFoundSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 class MedFoundSlicerTest(ScriptedLoadableModuleTest):
     """Self-test that needs nothing outside the extension: a small synthetic volume made here (0.2 MB),
-    the shipped models, no GPU. It segments through the child process, cancels, and fine-tunes a few
-    steps into a temporary model store. The real-data scenarios run headless from the repository's
-    Testing/ folder."""
+    the shipped models, no GPU. It segments in the child process, cancels, and fine-tunes a few steps
+    (also a child process) into a temporary model store. The real-data scenarios run headless from the
+    repository's Testing/ folder."""
 
     def setUp(self) -> None:
         slicer.mrmlScene.Clear()

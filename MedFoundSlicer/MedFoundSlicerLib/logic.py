@@ -1,15 +1,17 @@
 """Scene-level MedFound operations, free of widgets: what the Slicer Logic class is made of.
 
 Every long operation is split in three so the scene is only touched on the GUI thread and only on
-success: ``start*`` converts nodes to plain volumes and starts a :class:`~.jobs.Job` (the worker
-never sees a node); the caller polls the job; ``apply*`` turns the finished result into nodes.
-A cancelled or failed job therefore leaves the scene exactly as it was.
+success: ``start*`` converts nodes to plain volumes, writes them to a private folder and starts the
+``medfound`` CLI there as a :class:`~.process.ProcessJob` (the child never sees a node); the caller
+polls the job; ``apply*`` turns the finished result into nodes. A cancelled or failed job therefore
+leaves the scene exactly as it was.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -178,16 +180,17 @@ class MedFoundLogic:
         return self._vocabulary
 
     def startWarmUp(self, callbacks: JobCallbacks | None = None) -> Job:
-        """Import torch and the MedFoundCore modules of the in-process panels on a worker when the module opens.
+        """Import torch and the MedFoundCore modules the Logic itself uses, on a worker thread, when the module opens.
 
         Why: first imports run long C initialisers that hold the GIL; done here, they happen while
-        the user picks inputs. Text-prompted segmentation runs in a child process and loads its
-        model there, so no model is loaded into Slicer here.
+        the user picks inputs. Segmentation, points and training run in child processes and load
+        their models there, so no model is loaded into Slicer here. This is the one job that still
+        runs in a thread (:mod:`.jobs`): it must warm up Slicer's own interpreter.
         """
         def work(progress, cancel, _metrics):
             import importlib
 
-            for name in ("torch", "medfoundcore.inference.click", "medfoundcore.train.segment"):
+            for name in ("torch", "medfoundcore.registry", "medfoundcore.io", "medfoundcore.data.datasets", "medfoundcore.preprocess"):
                 importlib.import_module(name)
             return self.vocabulary
 
@@ -257,12 +260,7 @@ class MedFoundLogic:
         from medfoundcore.io import save_volume
 
         volume = nodes.volume_from_node(volumeNode)
-        workdir = Path(tempfile.mkdtemp(prefix="medfound-segment-"))
-        try:
-            save_volume(volume, workdir / "input.nrrd", compress=False)
-        except Exception:
-            shutil.rmtree(workdir, ignore_errors=True)
-            raise
+        workdir = job_folder("segment", lambda folder: save_volume(volume, folder / "input.nrrd", compress=False))
         args = segment_arguments(workdir, prompts, model, device, regionCheck)
         return ProcessJob("segment", medfound_command(*args), workdir, collect=lambda: read_segment_result(workdir, volume),
                           callbacks=callbacks).start()
@@ -305,22 +303,25 @@ class MedFoundLogic:
 
     # ------------------------------------------------------------------ zero-shot clicks
     def startClick(self, volumeNode, positiveNode, negativeNode=None, model: str | None = "encoder-v1", device: str = "auto",
-                   callbacks: JobCallbacks | None = None) -> Job:
-        """Start zero-shot segmentation from positive/negative markup points (world RAS)."""
+                   callbacks: JobCallbacks | None = None) -> ProcessJob:
+        """Start zero-shot segmentation from positive/negative markup points in a child process.
+
+        The volume goes to ``medfound click`` as a NRRD file with its world geometry and the points as
+        ``--point=R,A,S`` / ``--negative=R,A,S`` in world RAS mm (as the markups hold them); the job's
+        result is the 0/1 mask on the volume's exact grid. ``model=None``: intensity only.
+        """
         from medfoundcore.errors import InputError
+        from medfoundcore.io import save_volume
 
         positive = nodes.points_from_markups(positiveNode)
         negative = nodes.points_from_markups(negativeNode)
         if len(positive) == 0:
             raise InputError("place at least one positive point on the structure to segment")
         volume = nodes.volume_from_node(volumeNode)
-
-        def work(progress, cancel, _metrics):
-            from medfoundcore.inference.click import click
-
-            return click(volume, positive, negative, model=model, device=device, progress=progress, cancel=cancel)
-
-        return Job("click", work, callbacks or JobCallbacks()).start()
+        workdir = job_folder("click", lambda folder: save_volume(volume, folder / "input.nrrd", compress=False))
+        args = click_arguments(workdir, positive, negative, model, device)
+        return ProcessJob("click", medfound_command(*args), workdir, collect=lambda: read_label_map(workdir / "mask.nrrd", volume),
+                          callbacks=callbacks).start()
 
     def applyClick(self, mask, volumeNode, segmentationNode=None, segmentId: str = ""):
         """Write a zero-shot mask as one segment; ``segmentId`` (from a previous run) is replaced in place.
@@ -384,7 +385,8 @@ class MedFoundLogic:
     def casesFromFolder(self, folder: str, promptMap: dict[str, str] | None = None) -> list:
         """Unloaded cases of a folder (nnU-Net/MSD or *_img/*_lab layout), label names mapped to prompts.
 
-        Cases load one at a time inside the training worker, so a large dataset never blocks the GUI.
+        The images are not read here: the training process reads them one at a time, so a large
+        dataset never blocks the GUI (:func:`write_training_cases` only links the files).
         """
         from medfoundcore.data.datasets import find_cases
 
@@ -404,26 +406,30 @@ class MedFoundLogic:
 
     def startTraining(self, cases: list, outputName: str, epochs: float | None = 5, lr: float = 1e-4, batchSize: int = 2,
                       device: str = "auto", baseModel: str | None = "default", callbacks: JobCallbacks | None = None,
-                      **config) -> Job:
-        """Fine-tune ``baseModel`` (None: from scratch) on ``cases``; the job's result is the model's directory.
+                      **config) -> ProcessJob:
+        """Fine-tune ``baseModel`` (None: from scratch) on ``cases`` in a child process (``medfound train-seg``).
 
-        ``epochs`` None trains ``config['steps']`` steps instead; extra keyword arguments are
-        ``TrainConfig`` fields. Re-starting with the same ``outputName`` resumes from its checkpoints.
+        The cases are written to the job's folder in the ``*_img/*_lab/*_labels.json`` layout (see
+        :func:`write_training_cases`); metrics arrive through ``callbacks.on_metrics``. The job's
+        result is the new model's directory in the user model store. ``epochs`` None trains
+        ``config['steps']`` steps instead; extra keyword arguments are the ``TrainConfig`` fields of
+        :data:`TRAIN_OPTIONS`. Re-starting with the same ``outputName`` resumes from its checkpoints
+        (:meth:`trainingWorkDir`); a cancel kills the process, and the run resumes from its last checkpoint.
         """
         from medfoundcore.errors import InputError
-        from medfoundcore.train.segment import TrainConfig, train_segmenter
 
-        if not outputName.strip():
+        name = outputName.strip()
+        if not name:
             raise InputError("give the new model a name")
         if not cases:
             raise InputError("no training cases: add volume + segmentation pairs or choose a folder")
-        train_config = TrainConfig(base_model=baseModel, epochs=None if epochs is None else float(epochs), lr=float(lr), batch_size=int(batchSize), device=device, **config)
-        work_dir = self.trainingWorkDir(outputName)
-
-        def work(progress, cancel, metrics):
-            return train_segmenter(cases, train_config, outputName.strip(), work_dir, progress=progress, cancel=cancel, on_metrics=metrics)
-
-        return Job("train", work, callbacks or JobCallbacks()).start()
+        unknown = sorted(set(config) - set(TRAIN_OPTIONS))
+        if unknown:
+            raise TypeError(f"startTraining: unknown option(s) {', '.join(unknown)}; known: {', '.join(TRAIN_OPTIONS)}")
+        workdir = job_folder("train", lambda folder: write_training_cases(cases, folder / "cases"))
+        args = train_arguments(workdir / "cases", name, self.trainingWorkDir(name), epochs, lr, batchSize, device, baseModel, config)
+        return ProcessJob("train", medfound_command(*args), workdir, collect=lambda: trained_model_dir(name),
+                          callbacks=callbacks).start()
 
     def recordMetrics(self, tableNode, metrics: dict):
         """Append one epoch's metrics to a table node (created on first use; drives the live plot)."""
@@ -506,6 +512,20 @@ def terminology_entry(structure) -> str:
     )
 
 
+def job_folder(kind: str, write) -> Path:
+    """A new private temporary folder with the job's inputs, written by ``write(folder)``; removed if that fails.
+
+    (A started :class:`~.process.ProcessJob` removes its folder itself, however it ends.)
+    """
+    folder = Path(tempfile.mkdtemp(prefix=f"medfound-{kind}-"))
+    try:
+        write(folder)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return folder
+
+
 def segment_arguments(workdir: Path, prompts: list[str], model: str, device: str, regionCheck: bool) -> list[str]:
     """``medfound segment`` arguments for a job folder holding ``input.nrrd`` (outputs beside it)."""
     args = ["segment", str(workdir / "input.nrrd"), "-o", str(workdir / "labels.nrrd"), "--json", str(workdir / "report.json"),
@@ -515,18 +535,123 @@ def segment_arguments(workdir: Path, prompts: list[str], model: str, device: str
     return args + ([] if regionCheck else ["--no-region-check"])
 
 
-def read_segment_result(workdir: Path, volume):
-    """The CLI's label map and JSON report as a ``SegmentationResult`` on ``volume``'s exact grid.
+def read_label_map(path: Path, volume):
+    """A label map the CLI wrote for ``volume``, as a Volume on ``volume``'s exact grid.
 
-    The label map must have the input's shape and (to 1e-3 mm) its geometry; the array is then put
-    on the input's own affine, so no rounding from the file round trip reaches the scene.
+    It must have the input's shape and (to 1e-3 mm) its geometry; the array is then put on the
+    input's own affine, so no rounding from the file round trip reaches the scene.
     """
-    from medfoundcore.inference.segment import PromptReport, SegmentationResult
     from medfoundcore.io import load_volume
 
-    labels = load_volume(workdir / "labels.nrrd", label=True)
+    labels = load_volume(path, label=True)
     if labels.shape != volume.shape or not np.allclose(labels.affine_ras, volume.affine_ras, atol=1e-3):
         raise RuntimeError(f"the label map's grid {labels.shape} differs from the input's {volume.shape}")
+    return volume.with_array(labels.array)
+
+
+def read_segment_result(workdir: Path, volume):
+    """The CLI's label map and JSON report as a ``SegmentationResult`` on ``volume``'s exact grid."""
+    from medfoundcore.inference.segment import PromptReport, SegmentationResult
+
+    labels = read_label_map(workdir / "labels.nrrd", volume)
     report = json.loads((workdir / "report.json").read_text())
     reports = [PromptReport(**{**r, "color": tuple(r["color"])}) for r in report["prompts"]]
-    return SegmentationResult(volume.with_array(labels.array), reports, list(report.get("warnings", [])), str(report.get("model", "")))
+    return SegmentationResult(labels, reports, list(report.get("warnings", [])), str(report.get("model", "")))
+
+
+def _ras(point) -> str:
+    """``R,A,S`` with every digit of the float (repr round-trips exactly)."""
+    return ",".join(repr(float(c)) for c in point)
+
+
+def click_arguments(workdir: Path, positive, negative, model: str | None, device: str) -> list[str]:
+    """``medfound click`` arguments for a job folder holding ``input.nrrd``; points in world RAS mm."""
+    args = ["click", str(workdir / "input.nrrd"), "-o", str(workdir / "mask.nrrd"), "--model", model or "none",
+            "--device", device, "--progress-json"]
+    args += [f"--point={_ras(p)}" for p in positive]  # the = form: a negative R is not read as an option
+    return args + [f"--negative={_ras(p)}" for p in negative]
+
+
+# TrainConfig fields startTraining passes on to ``medfound train-seg`` (as --steps, --checkpoint-every, ...)
+TRAIN_OPTIONS = ("steps", "checkpoint_every", "log_every", "seed", "max_minutes", "preset", "image_size", "fve_k",
+                 "prompts_per_image", "synth_fraction")
+
+
+def train_arguments(cases: Path, name: str, workDir: Path, epochs: float | None, lr: float, batchSize: int, device: str,
+                    baseModel: str | None, config: dict) -> list[str]:
+    """``medfound train-seg`` arguments: the run keeps its checkpoints in ``workDir`` and always resumes them."""
+    args = ["train-seg", str(cases), "--out-name", name, "--work-dir", str(workDir), "--resume",
+            "--lr", repr(float(lr)), "--batch-size", str(int(batchSize)), "--device", device, "--progress-json"]
+    if epochs is not None:
+        args += ["--epochs", repr(float(epochs))]
+    if baseModel:
+        args += ["--base-model", baseModel]
+    for key, value in config.items():
+        if value is not None:  # None: the CLI's default
+            args += [f"--{key.replace('_', '-')}", str(value)]
+    return args
+
+
+def _file_stem(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-." else "_" for c in str(text)) or "case"
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """``target`` names ``source``'s bytes: a symbolic link, else a hard link, else a copy (Windows without rights)."""
+    for make in (os.symlink, os.link):
+        try:
+            make(source.resolve(), target)
+            return
+        except (OSError, NotImplementedError):
+            continue
+    shutil.copyfile(source, target)
+
+
+def write_training_cases(cases: list, folder: Path) -> Path:
+    """The training cases as a ``*_img.nii.gz / *_lab.nii.gz / *_labels.json`` folder that ``train-seg`` reads.
+
+    In-memory cases (from scene nodes) are written as NIfTI with their geometry; unloaded cases (from a
+    dataset folder) whose files are already NIfTI are linked, not copied, and others converted. Each
+    ``_labels.json`` holds the case's label names as mapped to prompts, its modality, subject and
+    metadata, so the child trains on exactly the cases, names and groups the caller chose. File names
+    come from the case ids (made file-safe and unique), so the same cases give the same names and an
+    interrupted run resumes on them.
+    """
+    from medfoundcore.data.datasets import IMG_SUFFIX, LAB_SUFFIX, LABELS_SUFFIX, CaseRef
+    from medfoundcore.io import load_volume, save_volume
+
+    folder.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    for case in cases:
+        stem = base = _file_stem(case.case_id)
+        copy = 1
+        while stem in used:
+            copy += 1
+            stem = f"{base}_{copy}"
+        used.add(stem)
+        image, labels = folder / f"{stem}{IMG_SUFFIX}", folder / f"{stem}{LAB_SUFFIX}"
+        if isinstance(case, CaseRef):
+            for source, target, label in ((case.image_path, image, False), (case.label_path, labels, True)):
+                if Path(source).name.lower().endswith(".nii.gz"):
+                    _link_or_copy(Path(source), target)
+                else:
+                    save_volume(load_volume(source, label=label), target)
+        else:
+            save_volume(case.image, image)
+            save_volume(case.labels, labels)
+        meta = dict(case.meta)
+        meta["dataset"] = meta.get("dataset") or meta.get("group") or "slicer-scene"  # the training group, as the caller's
+        info = {**meta, "labels": {str(value): name for value, name in case.names.items()}, "modality": case.modality,
+                "subject": case.subject}
+        (folder / f"{stem}{LABELS_SUFFIX}").write_text(json.dumps(info, indent=1, default=str))
+    return folder
+
+
+def trained_model_dir(name: str) -> Path:
+    """The model ``train-seg --out-name name`` stored in the user model store (a RuntimeError if it is not there)."""
+    from medfoundcore.registry import CARD_FILE, user_models_dir
+
+    directory = user_models_dir() / name
+    if not (directory / CARD_FILE).is_file():
+        raise RuntimeError(f"the new model '{name}' is not in the model store ({directory})")
+    return directory

@@ -179,6 +179,8 @@ class ProcessJob:
 
         latest = None
         for line in lines:
+            if self.state is not JobState.RUNNING:
+                return  # a callback cancelled the job: nothing after that is delivered
             try:
                 event = json.loads(line)
             except ValueError:

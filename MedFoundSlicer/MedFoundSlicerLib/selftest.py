@@ -244,14 +244,16 @@ def _train(logic, data: Path, steps: int, base_model: str) -> dict[str, float]:
     cases = logic.casesFromScene([(volumeNode, segmentationNode)], promptMap)
     _check(int((cases[0].labels.array > 0).sum()) == int(np.isin(reference, [values[n] for n in SEGMENT_PROMPTS]).sum()),
            "the training labels exported from the scene differ from the reference segments")
-    metrics = []
+    metrics, progress = [], []
     name = f"selftest-{int(time.time())}"
     job = logic.startTraining(cases, name, epochs=None, steps=steps, batchSize=2, device="auto", baseModel=base_model,
-                              callbacks=JobCallbacks(on_metrics=metrics.append), checkpoint_every=2, log_every=1)
+                              callbacks=JobCallbacks(on_metrics=metrics.append, on_progress=progress.append),
+                              checkpoint_every=2, log_every=1)
     job.wait()
     _check(job.state is JobState.SUCCEEDED, f"training ended {job.state.value}: {job.error}")
     _check(any(m.name == name for m in logic.models()), f"model '{name}' is not in the registry")
     _check(len(metrics) >= 1 and all(np.isfinite(m.get("loss", np.nan)) for m in metrics), f"no finite loss reported: {metrics}")
+    _check(bool(progress) and (progress[-1].stage, progress[-1].done) == ("training", steps), f"training progress not reported: {progress}")
     table = logic.recordMetrics(None, metrics[0])
     _check(table.GetTable().GetNumberOfRows() == 1, "metrics table not filled")
     segmentationOut, summaries = logic.runSegmentation(volumeNode, ["liver"], model=name)

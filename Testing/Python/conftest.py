@@ -41,3 +41,22 @@ def logic(model_store):
     from MedFoundSlicer import MedFoundSlicerLogic
 
     return MedFoundSlicerLogic(slicer.vtkMRMLScene())
+
+
+@pytest.fixture(scope="session")
+def pid_alive():
+    """``pid_alive(pid)``: whether that process still runs (a zombie counts as gone: it only awaits reaping)."""
+    import os
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                return stat.read().split(") ")[-1][0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    return alive

@@ -3,8 +3,9 @@
 What PythonQt does and PySide6 does not, and the Widget relies on: Qt properties read and written as
 attributes (``label.text = "..."``, ``combo.currentText``), ``obj.connect("signal(args)", slot)``, and
 the ``qt`` / ``ctk`` modules. :func:`wrap` gives any QObject that behaviour; :func:`install` registers
-``qt`` and ``ctk`` and replaces the GUI parts of ``slicer.util`` (loadUI, dialogs) that slicer-core
-cannot run without a Slicer application. The MRML widgets are small stand-ins that hold a real node.
+``qt`` and ``ctk`` and replaces the GUI parts of ``slicer.util`` (loadUI, dialogs) and
+``slicer.modules.plots.logic()`` (showing a chart in the layout) that slicer-core cannot run without a
+Slicer application. The MRML widgets are small stand-ins that hold a real node.
 """
 
 from __future__ import annotations
@@ -300,4 +301,19 @@ def install(monkeypatch, dialogs: Dialogs) -> tuple[types.ModuleType, types.Modu
     monkeypatch.setattr(util, "setSliceViewerLayers", lambda **kwargs: None, raising=False)
     monkeypatch.setattr(util, "showStatusMessage", lambda *args, **kwargs: None, raising=False)
     monkeypatch.setattr(util, "mainWindow", lambda: None, raising=False)
+    monkeypatch.setattr(slicer, "modules", types.SimpleNamespace(plots=types.SimpleNamespace(logic=lambda: PLOTS)), raising=False)
+    PLOTS.shown.clear()
     return qt, ctk
+
+
+class PlotsLogic:
+    """``slicer.modules.plots.logic()``: remembers the chart nodes it was asked to show (no layout here)."""
+
+    def __init__(self) -> None:
+        self.shown = []
+
+    def ShowChartInLayout(self, chartNode) -> None:
+        self.shown.append(chartNode)
+
+
+PLOTS = PlotsLogic()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
 import textwrap
@@ -20,18 +19,6 @@ def _progress_line(stage: str, done: int, total: int, message: str = "") -> str:
 
 def _python(code: str) -> list[str]:
     return [sys.executable, "-c", textwrap.dedent(code)]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as stat:  # a zombie is dead, only not yet reaped by init
-            return stat.read().split(") ")[-1][0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_a_killed_child_is_a_readable_failure_and_its_folder_is_removed():
@@ -63,7 +50,7 @@ def test_unreadable_output_fails_the_job_instead_of_raising():
     assert job.state is JobState.FAILED and "labels.nrrd" in job.error
 
 
-def test_cancel_kills_the_whole_process_tree():
+def test_cancel_kills_the_whole_process_tree(pid_alive):
     code = f"""
         import json, subprocess, sys, time
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
@@ -76,12 +63,12 @@ def test_cancel_kills_the_whole_process_tree():
         job.poll()
         time.sleep(0.05)
     grandchild = int(seen[0].message)
-    assert _alive(grandchild)
+    assert pid_alive(grandchild)
     job.cancel()
     assert job.poll() and job.state is JobState.CANCELLED
-    assert not _alive(job.pid)
+    assert not pid_alive(job.pid)
     for _ in range(200):  # killed with its group; a kill is immediate, the 10 s bound only stops a hang
-        if not _alive(grandchild):
+        if not pid_alive(grandchild):
             break
         time.sleep(0.05)
-    assert not _alive(grandchild), "the grandchild survived the cancel"
+    assert not pid_alive(grandchild), "the grandchild survived the cancel"

@@ -1,12 +1,15 @@
-"""The module's Widget, built from the real .ui under PySide6 offscreen, driven through its own slots:
-one text-prompted segmentation (in the child process) and one cancel, on a real CT in a real MRML scene."""
+"""The module's Widget, built from the real .ui under PySide6 offscreen, driven through its own slots on
+real data in a real MRML scene: segmentation by structure names, from points, and training, each in a
+child process, and a cancel of each (the child is killed, the scene is unchanged)."""
 
 from __future__ import annotations
 
 import os
 import time
 
+import numpy as np
 import pytest
+import vtk
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 from PySide6 import QtWidgets  # noqa: E402  (after QT_QPA_PLATFORM)
@@ -14,6 +17,7 @@ from PySide6 import QtWidgets  # noqa: E402  (after QT_QPA_PLATFORM)
 import pythonqt_shim  # noqa: E402
 import slicer  # noqa: E402
 from MedFoundSlicerLib import nodes, selftest  # noqa: E402
+from MedFoundSlicerLib.logic import ZERO_SHOT_SEGMENT  # noqa: E402
 
 SLICE_MODEL = "starter-v2"  # the Dice floors of selftest were measured with it
 LIMIT_S = 600  # only stops a hang; nothing here is timed
@@ -104,3 +108,123 @@ def test_cancel_through_the_widget_leaves_the_scene_unchanged(widget, shared_dat
     widget.logic.setChoices(Prompts="aorta", RegionCheck=False)
     slicer.mrmlScene.InvokeEvent(slicer.mrmlScene.EndImportEvent)
     assert ui.promptsTextEdit.plainText == "aorta" and not ui.regionCheckBox.checked
+
+
+# ---------------------------------------------------------------- Points panel
+def _place_liver_point(widget, shared_data):
+    """The CT and one include point at its reference liver's centroid, chosen in the Points panel."""
+    volume = nodes.load_volume_node(slicer.mrmlScene, str(shared_data / f"{selftest.CASE}_img.nii.gz"))
+    reference, values = selftest.reference_labels(shared_data)
+    liver = reference == values["liver"]
+    centre = nodes.volume_from_node(volume).index_to_ras(np.argwhere(liver).mean(axis=0)[::-1])[0]
+    points = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "include")
+    points.AddControlPoint(vtk.vtkVector3d(*centre), "p1")  # placed before it is chosen: no automatic run yet
+    widget.ui.clickVolumeSelector.setCurrentNode(volume)
+    widget.ui.positivePointsWidget.setCurrentNode(points)
+    return volume, points, liver
+
+
+def test_points_through_the_widget(widget, shared_data, pid_alive):
+    app = QtWidgets.QApplication.instance()
+    ui = widget.ui
+    volume, points, liver = _place_liver_point(widget, shared_data)
+    assert ui.clickModelComboBox.currentText == "encoder-v1" and ui.clickProgressBar.isHidden()
+    ui.clickApplyButton.click()
+    job = widget._job
+    assert ui.clickApplyButton.text == "Cancel" and not ui.clickProgressBar.isHidden() and job.pid != os.getpid()
+    _run_until(app, lambda: widget._job is None)
+    assert not widget.dialogs.errors, widget.dialogs.errors
+    assert job.state.value == "succeeded" and not pid_alive(job.pid)
+    assert ui.clickApplyButton.text == "Segment from points" and ui.clickProgressBar.isHidden()
+    assert ui.clickProgressBar.maximum == 4  # the child's progress (4 stages) reached the bar
+    assert ui.clickStatusLabel.text.startswith("Updated in")
+    segmentation = ui.clickOutputSelector.currentNode()
+    assert segmentation is not None and nodes.segment_names(segmentation) == [ZERO_SHOT_SEGMENT]
+    segmentId = segmentation.GetSegmentation().GetSegmentIdBySegmentName(ZERO_SHOT_SEGMENT)
+    assert selftest.dice(nodes.segment_mask(segmentation, segmentId, volume), liver) > 0.55
+    # moving the point re-runs automatically (debounced) and updates the same segment in place
+    points.SetNthControlPointPosition(0, *(np.array(points.GetNthControlPointPosition(0)) + [0.0, 0.0, 3.0]))
+    points.InvokeEvent(points.PointEndInteractionEvent)
+    _run_until(app, lambda: widget._job is not None)
+    _run_until(app, lambda: widget._job is None)
+    assert not widget.dialogs.errors, widget.dialogs.errors
+    assert ui.clickOutputSelector.currentNode() is segmentation and nodes.segment_names(segmentation) == [ZERO_SHOT_SEGMENT]
+    assert segmentation.GetSegmentation().GetSegmentIdBySegmentName(ZERO_SHOT_SEGMENT) == segmentId
+
+
+def test_cancel_points_through_the_widget_leaves_the_scene_unchanged(widget, shared_data, pid_alive):
+    app = QtWidgets.QApplication.instance()
+    ui = widget.ui
+    _place_liver_point(widget, shared_data)
+    before = selftest.scene_snapshot(slicer.mrmlScene)
+    ui.clickApplyButton.click()
+    job = widget._job
+    _run_until(app, lambda: ui.clickStatusLabel.text != "Starting...")  # the child reported progress
+    assert pid_alive(job.pid)
+    ui.clickApplyButton.click()  # the button reads Cancel while the job runs
+    _run_until(app, lambda: widget._job is None)
+    assert job.state.value == "cancelled" and job.returncode is None and not pid_alive(job.pid)
+    assert ui.clickStatusLabel.text == "Cancelled; the scene was not changed."
+    assert selftest.scene_snapshot(slicer.mrmlScene) == before and ui.clickOutputSelector.currentNode() is None
+    assert not widget.dialogs.errors and ui.clickApplyButton.text == "Segment from points"
+    assert not widget._clickTimer.isActive()  # a cancel by the user does not start it again
+
+
+# ---------------------------------------------------------------- Train panel
+TRAIN_FOLDER = "dcmqi_ct3slice"  # one real CT case of 3 slices: one epoch at batch size 2 is 2 training steps
+
+
+def test_train_from_a_folder_through_the_widget(widget, shared_data, pid_alive):
+    app = QtWidgets.QApplication.instance()
+    ui = widget.ui
+    ui.folderSourceRadioButton.setChecked(True)
+    ui.trainFolderPathLineEdit.currentPath = str(shared_data / TRAIN_FOLDER)
+    table = ui.promptMapTable
+    rows = {table.item(row, 0).text(): row for row in range(table.rowCount)}
+    assert sorted(rows) == ["heart", "liver", "spine (vertebra)"] and table.item(rows["liver"], 1).text() == "liver"
+    table.item(rows["spine (vertebra)"], 1).setText("")  # not used for training
+    ui.modelNameLineEdit.text = "widget-folder"
+    ui.epochsSpinBox.value = 1
+    ui.batchSizeSpinBox.value = 2
+    ui.baseModelComboBox.setCurrentIndex(ui.baseModelComboBox.findText(widget.FROM_SCRATCH))
+    ui.trainButton.click()
+    job = widget._job
+    assert ui.trainButton.text == "Stop" and "train-seg" in job.command and job.pid != os.getpid()
+    _run_until(app, lambda: widget._job is None)
+    assert not widget.dialogs.errors, widget.dialogs.errors
+    assert job.state.value == "succeeded" and not pid_alive(job.pid), job.error
+    assert ui.trainProgressBar.maximum == 2 and ui.trainProgressBar.isHidden()  # 2 steps reported by the child
+    assert ui.trainStatusLabel.text.startswith("Model 'widget-folder' saved")
+    model = next(m for m in widget.logic.models() if m.name == "widget-folder")
+    assert set(model.prompts) == {"liver", "heart"} and not model.shipped  # the prompt map reached the child
+    assert ui.modelComboBox.currentText == "widget-folder"  # selected in the Segment panel
+    assert widget._metricsTable.GetTable().GetNumberOfRows() >= 1 and "loss" in ui.metricsLabel.text
+    assert pythonqt_shim.PLOTS.shown == [widget._metricsChart]  # the live plot was shown
+
+
+def test_stop_training_through_the_widget_leaves_the_scene_unchanged(widget, shared_data, pid_alive):
+    app = QtWidgets.QApplication.instance()
+    ui = widget.ui
+    volume = nodes.load_volume_node(slicer.mrmlScene, str(shared_data / f"{selftest.CASE}_img.nii.gz"))
+    reference, values = selftest.reference_labels(shared_data)
+    segmentation = nodes.create_segmentation_node(slicer.mrmlScene, volume, "reference")
+    nodes.write_segments(segmentation, nodes.volume_from_node(volume).with_array(reference),
+                         [nodes.SegmentSpec(values["spleen"], "spleen", (0, 1, 0))], False)
+    ui.trainVolumeSelector.setCurrentNode(volume)
+    ui.trainSegmentationSelector.setCurrentNode(segmentation)
+    ui.addPairButton.click()
+    assert ui.pairsTable.rowCount == 1 and ui.promptMapTable.item(0, 1).text() == "spleen"
+    ui.modelNameLineEdit.text = "widget-stopped"
+    ui.baseModelComboBox.setCurrentIndex(ui.baseModelComboBox.findText(widget.FROM_SCRATCH))
+    before = selftest.scene_snapshot(slicer.mrmlScene)
+    ui.trainButton.click()  # 20 epochs: far more than the test waits for
+    job = widget._job
+    _run_until(app, lambda: ui.trainStatusLabel.text != "Starting...")  # the child reported progress
+    assert pid_alive(job.pid)
+    ui.trainButton.click()  # the button reads Stop while training
+    _run_until(app, lambda: widget._job is None)
+    assert job.state.value == "cancelled" and job.returncode is None and not pid_alive(job.pid)
+    assert ui.trainStatusLabel.text.startswith("Stopped. Start again with the same model name")
+    assert selftest.scene_snapshot(slicer.mrmlScene) == before
+    assert "widget-stopped" not in [m.name for m in widget.logic.models()]
+    assert not widget.dialogs.errors and ui.trainButton.text == "Start training"
