@@ -97,3 +97,27 @@ def test_backbones_hold_every_encoder():
         for name in sorted(_classes(path) & encoders)
     ]
     assert elsewhere == []
+
+
+
+def _python39_violations(*paths: Path) -> str:
+    """vermin's report of what in ``paths`` needs a Python newer than 3.9 ('' when nothing does)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys, vermin; sys.exit(vermin.main())", "--no-tips", "--violations", "--eval-annotations", "-t=3.9-", *map(str, paths)],
+        capture_output=True, text=True,
+    )
+    return "" if done.returncode == 0 else done.stdout + done.stderr
+
+
+def test_core_and_extension_source_runs_on_slicer_58_python_39(tmp_path):
+    """Slicer 5.8 ships Python 3.9: no 3.10+ syntax or API (``zip(strict=)``, ``int | float`` at run
+    time, ``match``) in the core or the extension. vermin parses the source; nothing is imported."""
+    extension = PACKAGE.parents[2] / "MedFoundSlicer"
+    assert extension.is_dir(), extension
+    assert _python39_violations(PACKAGE, extension) == ""
+    newer = tmp_path / "newer.py"
+    newer.write_text("def f(a, b):\n    return isinstance(a, int | float), list(zip(a, b, strict=True))\n")
+    assert "zip(strict)" in _python39_violations(newer)  # the check sees what it must refuse

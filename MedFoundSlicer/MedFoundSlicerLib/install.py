@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MINIMUM_TORCH = "2.2"
-MINIMUM_PYTHON = (3, 10)  # MedFoundCore's requires-python
+MINIMUM_PYTHON = (3, 9)  # MedFoundCore's requires-python (Slicer 5.8 ships 3.9.10)
 # Distributions whose installed versions pip must keep: Slicer's own, and torch once PyTorchUtils chose it.
 KEEP_INSTALLED = ("SimpleITK", "numpy", "vtk", "torch")
 CARRIED_DIR = "MedFoundCore"  # beside the module's .py file in an installed extension (see MedFoundSlicer/CMakeLists.txt)
@@ -117,7 +117,7 @@ def check_python(version: tuple[int, ...] = tuple(sys.version_info[:2])) -> None
     if version < MINIMUM_PYTHON:
         have, need = ".".join(map(str, version)), ".".join(map(str, MINIMUM_PYTHON))
         raise RuntimeError(f"MedFound needs Python {need} or newer; this Slicer has Python {have}. "
-                           "Use a newer Slicer (5.9 or later ships Python 3.12).")
+                           "Use Slicer 5.8 or later.")
 
 
 def install_dependencies(pip_install: PipInstall, log: Callable[[str], None] = print) -> DependencyStatus:

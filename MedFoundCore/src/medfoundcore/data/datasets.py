@@ -91,7 +91,7 @@ def _nnunet_labels(info: dict, root: Path) -> dict[int, str]:
     raw = info.get("labels", {})
     names: dict[int, str] = {}
     for key, value in raw.items():
-        if isinstance(value, int | float) or (isinstance(value, str) and value.isdigit() and not key.isdigit()):
+        if isinstance(value, (int, float)) or (isinstance(value, str) and value.isdigit() and not key.isdigit()):
             names[int(value)] = str(key)  # nnU-Net v2: name -> value
         elif str(key).isdigit():
             names[int(key)] = str(value)  # MSD: value -> name
@@ -188,7 +188,7 @@ def split_by_subject(
     ``holdout`` is a fraction of subjects (drawn with ``seed``) or an explicit list of subjects.
     """
     subjects = sorted({c.subject for c in cases})
-    if isinstance(holdout, float | int):
+    if isinstance(holdout, (float, int)):
         n = int(round(len(subjects) * float(holdout)))
         if not 0 < n < len(subjects) and len(subjects) > 1:
             n = 1

@@ -29,7 +29,7 @@ def superpatch_slices(shape: Sequence[int], size: int | Sequence[int] = 128, str
     """
     shape = tuple(int(s) for s in shape)
     sizes = (size,) * 3 if isinstance(size, int) else tuple(size)
-    sizes = tuple(min(int(c), s) for c, s in zip(sizes, shape, strict=True))
+    sizes = tuple(min(int(c), s) for c, s in zip(sizes, shape))
     strides = sizes if stride is None else ((stride,) * 3 if isinstance(stride, int) else tuple(stride))
     return [tuple(slice(int(s.start), int(s.stop)) for s in sl) for sl in dense_patch_slices(shape, sizes, strides)]
 

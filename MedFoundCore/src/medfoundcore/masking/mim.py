@@ -86,11 +86,11 @@ def _crop_resize(x: torch.Tensor, box: Box, out_size: Sequence[int]) -> torch.Te
 
 def _random_box(shape: Sequence[int], size: Sequence[int], generator: torch.Generator | None) -> Box:
     starts = []
-    for s, c in zip(shape, size, strict=True):
+    for s, c in zip(shape, size):
         if c > s:
             raise InputError(f"MiM level-1 crop {tuple(size)} is larger than the volume {tuple(shape)}")
         starts.append(int(torch.randint(0, s - c + 1, (1,), generator=generator)))
-    return (*starts, *(st + c for st, c in zip(starts, size, strict=True)))  # type: ignore[return-value]
+    return (*starts, *(st + c for st, c in zip(starts, size)))  # type: ignore[return-value]
 
 
 def generate_mim_levels(

@@ -59,8 +59,8 @@ class UNetHead3D(nn.Module):
         states = enc.hidden_states or [enc.tokens]
         deep = torch.cat([tokens_to_map(h, enc.grid) for h in states], dim=1)
         y = self.bottleneck(deep)
-        skips = [self.input_skip(x)] + [blk(f) for blk, f in zip(self.skips, enc.conv_features[:-1], strict=True)]
-        for up, skip in zip(self.ups, reversed(skips), strict=True):
+        skips = [self.input_skip(x)] + [blk(f) for blk, f in zip(self.skips, enc.conv_features[:-1])]
+        for up, skip in zip(self.ups, reversed(skips)):
             y = up(y, skip)
         return self.out(y)
 
