@@ -2,3 +2,5 @@ D=${MEDFOUND_DATA:-../shared/data}
 TRAIN="$D/totalsegmentator/ts_ct_full_img.nii.gz $D/totalsegmentator/ts_aorta_crop_img.nii.gz $D/cip_chest_ct64/ct-64_img.nii.gz $D/tptbox_spine/sub-ct_label-22_img.nii.gz $(ls $D/openkbp/train_pt_*_img.nii.gz | sort -V | head -60)"
 HELD="$D/totalsegmentator/ts_ct_dicom20_img.nii.gz $D/msd_spleen_clara/spleen_8_img.nii.gz $(ls $D/openkbp/test_pt_*_img.nii.gz | sort -V | head -10)"
 S="liver spleen kidney_left kidney_right pancreas stomach gallbladder aorta inferior_vena_cava vertebrae spinal_cord brainstem parotid_gland_left parotid_gland_right mandible esophagus larynx"
+# the structures ct-v1 learns (vocabulary keys; unions such as "kidney" are trained as their own prompt)
+K="liver spleen kidney_left kidney_right kidney pancreas stomach gallbladder duodenum colon small_bowel urinary_bladder adrenal_gland_left adrenal_gland_right adrenal_gland aorta inferior_vena_cava esophagus airway lung_left lung_right lung vertebrae sacrum ribs spinal_cord brainstem parotid_gland_left parotid_gland_right parotid_gland mandible larynx"

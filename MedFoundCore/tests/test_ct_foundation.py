@@ -43,3 +43,16 @@ def test_a_modified_weight_file_is_refused(monkeypatch, tmp_path):
         handle.write(b"\x00" * 16)
     with pytest.raises(ModelError, match="checksum mismatch"):
         ct_weights.load_state_dict()
+
+
+def test_the_random_initialisation_control_is_one_fixed_network_and_leaves_the_rng_alone():
+    """Features cached for the control and the encoder rebuilt at inference must be the same network."""
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    first = ct_weights.build_pretrained_encoder(1, pretrained=False).state_dict()
+    assert torch.equal(torch.rand(1), expected_next)  # the caller's random stream is untouched
+    second = ct_weights.build_pretrained_encoder(1, pretrained=False).state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    pretrained = ct_weights.build_pretrained_encoder(1).state_dict()
+    assert not torch.equal(first["conv1.weight"], pretrained["conv1.weight"])

@@ -8,6 +8,7 @@ CLI writes on the input grid. (No Dice threshold here: the small model is traine
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 import torch
@@ -69,7 +70,7 @@ def trained(cached_crop, tmp_path_factory):
     text = text_table(sample.keys, load_vocabulary())
     cfg = CTTrainConfig(steps=150, lr=3e-3, prompts=2, negatives=0, crop_zxy=WHOLE, structures=KEYS, model=SMALL, checkpoint_every=1000)
     torch.manual_seed(0)
-    before, _ = sample_loss(build_ct_segmenter(SMALL), sample, text, cfg)
+    before, _ = sample_loss(build_ct_segmenter(replace(SMALL, keys=KEYS)), sample, text, cfg)
     before_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     net, history = train_ct_segmenter(cached_crop, tmp_path_factory.mktemp("run"), cfg)
@@ -83,7 +84,7 @@ def test_loss_falls_and_prompts_separate(trained):
     assert sorted(sample.keys) == KEYS and all(sample.masks[i].sum() > 0 for i in range(2))
     with torch.no_grad():
         after, _ = sample_loss(net, sample, text, cfg)
-        coarse = net.coarse_logits(net.pixel_features([f[None] for f in sample.features]), text)[0] > 0
+        coarse = net.coarse_logits(net.pixel_features([f[None] for f in sample.features]), text, sample.keys)[0] > 0
     assert after.item() < 0.7 * before
     liver, spleen = coarse[0], coarse[1]
     assert liver.sum() > 0 and spleen.sum() > 0
@@ -96,10 +97,11 @@ def test_loss_falls_and_prompts_separate(trained):
 def test_presence_gradient_never_reaches_the_segmentation_path(cached_crop):
     (case,) = cached_crop
     sample = _fixed_sample(case, ["liver"])
-    net = build_ct_segmenter(SMALL)
+    net = build_ct_segmenter(replace(SMALL, keys=["liver"]))
     pixel = net.pixel_features([f[None] for f in sample.features])
-    net.presence_logits(pixel, text_table(["liver"], load_vocabulary())).sum().backward()
+    net.presence_logits(pixel, text_table(["liver"], load_vocabulary()), ["liver"]).sum().backward()
     assert all(p.grad is None for p in net.pixel_decoder.parameters())
+    assert all(p.grad is None for p in [net.key_query, *net.text_query.parameters()])
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.presence.parameters())
 
 

@@ -132,7 +132,10 @@ def _train_ct(args: argparse.Namespace, train, work_dir: Path, bar):
     from ..device import resolve_device
     from ..train.ct_segment import CTTrainConfig, train_ct_from_cases
 
-    cfg = CTTrainConfig(steps=args.steps, max_minutes=args.max_minutes, lr=args.lr, seed=args.seed, checkpoint_every=args.checkpoint_every)
+    cfg = CTTrainConfig(
+        steps=args.steps, max_minutes=args.max_minutes, lr=args.lr, seed=args.seed, checkpoint_every=args.checkpoint_every,
+        structures=args.structures or None,
+    )
     return train_ct_from_cases(
         train, cfg, args.out_name, work_dir, feature_cache=args.feature_cache, output_dir=args.output_dir,
         base_model=args.base_model, device=str(resolve_device(args.device)), progress=bar,

@@ -55,7 +55,8 @@ def load_ct_model(name: str, device: str) -> CTModel:
     decoder = build_ct_segmenter(CTSegmenterConfig.from_dict(card.config["model"]))
     decoder.load_state_dict(state)
     dev = torch.device(device)
-    return CTModel(build_pretrained_encoder(4).to(dev), decoder.eval().to(dev), card, dev)
+    pretrained = card.config.get("encoder_init", "pretrained") == "pretrained"  # "random": the control
+    return CTModel(build_pretrained_encoder(4, pretrained=pretrained).to(dev), decoder.eval().to(dev), card, dev)
 
 
 def _pixel_features(model: CTModel, window: torch.Tensor) -> list[torch.Tensor]:
@@ -84,13 +85,16 @@ def _coarse_box(prob: torch.Tensor) -> tuple[slice, ...] | None:
     return tuple(slice(a, b) for a, b in zip(lo, hi))
 
 
-def window_logits(model: CTModel, window: torch.Tensor, text: torch.Tensor, use_presence: bool = True) -> torch.Tensor:
-    """Full-resolution logits ``[1, K, Z, X, Y]`` of every prompt for one window ``[1, 1, Z, X, Y]``."""
+def window_logits(
+    model: CTModel, window: torch.Tensor, text: torch.Tensor, keys: Sequence[str], use_presence: bool = True
+) -> torch.Tensor:
+    """Full-resolution logits ``[1, K, Z, X, Y]`` of every prompt (MiniLM embedding ``text`` [K, D] of
+    structure ``keys``) for one window ``[1, 1, Z, X, Y]``."""
     pixel, image = _pixel_features(model, window)
     net = model.decoder
-    coarse = net.coarse_logits(pixel, text)  # 1 K z x y
+    coarse = net.coarse_logits(pixel, text, keys)  # 1 K z x y
     if use_presence:
-        present = torch.sigmoid(net.presence_logits(pixel, text)) >= PRESENCE_THRESHOLD  # 1 K z
+        present = torch.sigmoid(net.presence_logits(pixel, text, keys)) >= PRESENCE_THRESHOLD  # 1 K z
         coarse = torch.where(present[..., None, None], coarse, torch.full_like(coarse, NEG))
     up = net.upsample
     out = torch.full((1, coarse.shape[1], *window.shape[-3:]), NEG, device=window.device)
@@ -113,6 +117,7 @@ def segment_ct(
 
     model = load_ct_model(model_name, str(device))
     text = _text_encoder().encode([s.name for s in structures]).float().to(model.device)
+    keys = [s.key for s in structures]
     report(progress, "preprocessing", 0, 1)
     unit, _, grid = encoder_input(volume)
     check(cancel)
@@ -121,7 +126,7 @@ def segment_ct(
 
     def predict(window: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            return window_logits(model, window, text, use_presence)
+            return window_logits(model, window, text, keys, use_presence)
 
     logits = sliding_windows(block, predict, CT_ENCODER_MULTIPLE_ZXY, device=model.device, progress=progress, cancel=cancel)
     check(cancel)

@@ -3,8 +3,9 @@
 Three parts, each computed as rarely as possible:
 - ``pixel_features``: the encoder's layer1..layer4 maps projected and fused on the layer1 grid
   (6 mm); computed ONCE per window and shared by every prompt.
-- ``coarse_logits``: per prompt, the MiniLM text embedding FiLM-modulates the pixel features and is
-  their mask query (one dot product per voxel: an extra prompt costs almost nothing).
+- ``coarse_logits``: per prompt, a mask query (one dot product per voxel: an extra prompt costs almost
+  nothing). The query is the MiniLM text embedding through a small MLP (which also FiLM-modulates the
+  pixel features) plus, for each structure the decoder was trained on, a learned query vector.
 - ``refine``: a light full-resolution path on the 1.5 × 1.5 × 3 mm image, so that boundaries are not
   limited to the 6 mm feature grid; image features are shared, the per-prompt part is two small
   convolutions, run only inside the prompt's box at inference.
@@ -35,9 +36,10 @@ class CTSegmenterConfig:
     refine_width: int = 16
     text_dim: int = TEXT_DIM
     feature_channels: Sequence[int] = field(default_factory=lambda: list(FEATURE_CHANNELS))
+    keys: Sequence[str] = ()  # vocabulary keys with a learned query (the trained structures)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "feature_channels": list(self.feature_channels)}
+        return {**asdict(self), "feature_channels": list(self.feature_channels), "keys": list(self.keys)}
 
     @classmethod
     def from_dict(cls, data: dict) -> CTSegmenterConfig:
@@ -78,17 +80,18 @@ class PixelDecoder(nn.Module):
 class PresenceHead(nn.Module):
     """ISD idea: is the prompted structure on this slab at all? Reads pooled, detached features."""
 
-    def __init__(self, width: int, text_dim: int):
+    def __init__(self, width: int):
         super().__init__()
         self.image = nn.Linear(2 * width, width)
-        self.text = nn.Linear(text_dim, width)
+        self.query = nn.Linear(width, width)
         self.out = nn.Sequential(nn.GELU(), nn.Linear(width, 1))
 
-    def forward(self, pixel: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """``pixel`` [B, C, z, x, y], ``text`` [K, D] → slab logits [B, K, z]."""
-        pixel = pixel.detach()  # gradient cut off: presence never shapes the segmentation features
+    def forward(self, pixel: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """``pixel`` [B, C, z, x, y], mask queries [K, C] → slab logits [B, K, z]."""
+        # gradient cut off: presence never shapes the segmentation features nor the queries
+        pixel, query = pixel.detach(), query.detach()
         pooled = torch.cat([pixel.mean(dim=(-1, -2)), pixel.amax(dim=(-1, -2))], dim=1).transpose(1, 2)  # B z 2C
-        joint = self.image(pooled)[:, None] * self.text(text)[None, :, None]  # B K z C
+        joint = self.image(pooled)[:, None] * self.query(query)[None, :, None]  # B K z C
         return self.out(joint).squeeze(-1)
 
 
@@ -105,6 +108,12 @@ class CTTextSegmenter(nn.Module):
         nn.init.zeros_(self.text_film.weight)
         nn.init.zeros_(self.text_film.bias)
         self.mask_bias = nn.Parameter(torch.tensor(-2.0))
+        # Random, not zero: MiniLM embeddings of organ names are close to one another (cosine ~0.5), so
+        # text-only queries start almost equal and the pixel features get one shared gradient; with 60+
+        # structures that symmetry did not break in 200 steps (coarse loss flat at 1.03, docs/ct.md).
+        # Near-orthogonal random queries separate the structures from the first step.
+        self.key_index = {key: i for i, key in enumerate(cfg.keys)}
+        self.key_query = nn.Parameter(torch.randn(len(cfg.keys), w))
         self.image_stem = nn.Sequential(
             nn.Conv3d(1, cfg.image_width, 3, padding=1), nn.GELU(),
             nn.Conv3d(cfg.image_width, cfg.image_width, 3, padding=1), nn.GELU(),
@@ -116,7 +125,7 @@ class CTTextSegmenter(nn.Module):
         )
         nn.init.zeros_(self.refine_head[-1].weight)
         nn.init.zeros_(self.refine_head[-1].bias)
-        self.presence = PresenceHead(w, cfg.text_dim)
+        self.presence = PresenceHead(w)
 
     @property
     def upsample(self) -> tuple[int, int, int]:
@@ -126,10 +135,21 @@ class CTTextSegmenter(nn.Module):
     def pixel_features(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         return self.pixel_decoder(features)
 
-    def coarse_logits(self, pixel: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    def queries(self, text: torch.Tensor, keys: Sequence[str | None]) -> torch.Tensor:
+        """Mask queries [K, C] of prompts given as MiniLM embeddings [K, D] and their vocabulary keys:
+        the text MLP's output plus the learned query of each trained structure (an untrained one,
+        ``None`` or unknown key, has the text path alone)."""
+        if len(keys) != len(text):
+            raise ValueError(f"{len(text)} text embeddings but {len(keys)} keys")
+        query = self.text_query(text)
+        rows = [self.key_index.get(k, -1) if k is not None else -1 for k in keys]
+        table = torch.cat([self.key_query, query.new_zeros(1, query.shape[1])])  # last row: untrained
+        return query + table[torch.tensor(rows, device=text.device)]
+
+    def coarse_logits(self, pixel: torch.Tensor, text: torch.Tensor, keys: Sequence[str | None]) -> torch.Tensor:
         """Mask logits on the layer1 grid: ``pixel`` [B, C, z, x, y], ``text`` [K, D] → [B, K, z, x, y]."""
         gamma, beta = self.text_film(text).chunk(2, dim=-1)  # K C
-        query = self.text_query(text)  # K C
+        query = self.queries(text, keys)  # K C
         # <(1 + γ) ⊙ p + β, q> = <p, (1 + γ) ⊙ q> + <β, q>: FiLM folded into the query, no K-fold copy
         weights = (1 + gamma) * query / self.cfg.width**0.5
         offset = (beta * query).sum(-1) / self.cfg.width**0.5
@@ -146,8 +166,8 @@ class CTTextSegmenter(nn.Module):
         up = F.interpolate(coarse, size=image_features.shape[-3:], mode="trilinear", align_corners=False)
         return up + self.refine_head(torch.cat([image_features, up], dim=1))
 
-    def presence_logits(self, pixel: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        return self.presence(pixel, text)
+    def presence_logits(self, pixel: torch.Tensor, text: torch.Tensor, keys: Sequence[str | None]) -> torch.Tensor:
+        return self.presence(pixel, self.queries(text, keys))
 
 
 def build_ct_segmenter(cfg: CTSegmenterConfig | None = None) -> CTTextSegmenter:

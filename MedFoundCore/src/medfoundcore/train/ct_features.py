@@ -102,7 +102,6 @@ def cache_cases(
 
     root = Path(root)
     dev = torch.device(device)
-    torch.manual_seed(0)  # the random-initialisation control is the same network every time
     encoder = build_pretrained_encoder(4, pretrained=pretrained).to(dev)
     cached = []
     for i, ref in enumerate(refs):

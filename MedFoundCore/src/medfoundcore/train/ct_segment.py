@@ -8,7 +8,8 @@ fraction of each coarse voxel the structure fills), BCE + Dice on the full-resol
 a few prompts, and BCE for per-slab presence (detached features: the ISD gradient cut-off).
 
 Checkpoints are written atomically every ``checkpoint_every`` steps and a run resumes from the newest
-one; training stops at ``max_minutes`` (clock from function entry) or ``steps``.
+one; training stops at ``max_minutes`` (of training, summed over resumed sessions) or ``steps``, and
+the learning rate anneals over whichever of the two runs out first.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,12 +43,13 @@ class CTTrainConfig:
     steps: int = 4000
     max_minutes: float | None = None
     lr: float = 1e-3
+    query_lr_scale: float = 10.0  # the learned per-structure queries move O(1) from a random start
     weight_decay: float = 1e-4
     crop_zxy: tuple[int, int, int] = (16, 32, 32)  # layer1 voxels: 96 × 192 × 192 mm
-    prompts: int = 10
+    prompts: int = 16  # an extra prompt costs one dot product per voxel: use every structure in the crop
     refine_prompts: int = 3
     refine_zxy: tuple[int, int, int] = (8, 16, 16)  # layer1 voxels of the full-resolution sub-box
-    negatives: int = 3
+    negatives: int = 4
     focus: float = 0.7  # fraction of crops centred on a labelled structure
     checkpoint_every: int = 250
     seed: int = 0
@@ -184,7 +186,7 @@ def sample_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     feats = [f[None] for f in sample.features]
     pixel = net.pixel_features(feats)
-    coarse = net.coarse_logits(pixel, text)  # 1 K z x y
+    coarse = net.coarse_logits(pixel, text, sample.keys)  # 1 K z x y
     target = sample.masks[None]
     frac = F.avg_pool3d(target, kernel_size=net.upsample)
     coarse_loss = F.binary_cross_entropy_with_logits(coarse, frac) + dice_loss(coarse, frac)
@@ -195,7 +197,7 @@ def sample_loss(
     sub = target[(slice(None), slice(0, n_ref), *box)]
     fine_loss = F.binary_cross_entropy_with_logits(fine, sub) + dice_loss(fine, sub)
     slab_target = (frac.amax(dim=(-1, -2)) > 0).float()  # 1 K z
-    presence_loss = F.binary_cross_entropy_with_logits(net.presence_logits(pixel, text), slab_target)
+    presence_loss = F.binary_cross_entropy_with_logits(net.presence_logits(pixel, text, sample.keys), slab_target)
     loss = coarse_loss + fine_loss + 0.5 * presence_loss
     return loss, {"coarse": coarse_loss.item(), "fine": fine_loss.item(), "presence": presence_loss.item()}
 
@@ -215,11 +217,16 @@ def text_table(keys: Sequence[str], vocab: Vocabulary) -> torch.Tensor:
     return TextEncoder().encode([vocab.get(k).name for k in keys]).float()
 
 
-def _lr(step: int, cfg: CTTrainConfig) -> float:
+def _lr(step: int, cfg: CTTrainConfig, minutes: float = 0.0) -> float:
+    """Warm-up, then cosine decay over whichever budget runs out first (steps, or ``max_minutes``
+    of training time), so a run stopped by the clock has annealed too."""
     warm = max(1, cfg.steps // 20)
     if step < warm:
         return cfg.lr * (step + 1) / warm
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, cfg.steps - warm))))
+    done = (step - warm) / max(1, cfg.steps - warm)
+    if cfg.max_minutes:
+        done = max(done, minutes / cfg.max_minutes)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
 
 
 def train_ct_segmenter(
@@ -243,10 +250,16 @@ def train_ct_segmenter(
     values = [{k: v for k, v in structure_values(c, vocab).items() if k in embeddings} for c in cases]
     negatives = [case_negatives(list(v), vocab, set(keys)) for v in values]
     weights = case_weights(cases, values)
-    net = build_ct_segmenter(cfg.model)
+    base_keys = list(cfg.model.keys) if init is not None else []
+    net = build_ct_segmenter(replace(cfg.model, keys=base_keys + [k for k in keys if k not in base_keys]))
     if init is not None:
-        net.load_state_dict(init)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        net.load_state_dict(_with_new_keys(init, net))
+    queries = [net.key_query]
+    rest = [p for p in net.parameters() if p is not net.key_query]
+    opt = torch.optim.AdamW(
+        [{"params": rest, "scale": 1.0}, {"params": queries, "scale": cfg.query_lr_scale, "weight_decay": 0.0}],
+        lr=cfg.lr, weight_decay=cfg.weight_decay,
+    )
     history: dict = {"loss": [], "keys": keys, "cases": [c.case_id for c in cases]}
     step = 0
     latest = latest_checkpoint(workdir)
@@ -258,11 +271,14 @@ def train_ct_segmenter(
         opt.load_state_dict(state["optimizer"])
         step, history = int(state["step"]), json.loads(state["history"])
         rng.setstate(_rng_state(state["rng"]))
+    trained_before = float(history.get("train_minutes", 0.0))  # of earlier sessions of this run
     net.train()
     smooth = None
+    loop_start = time.monotonic()
+    minutes = lambda: trained_before + (time.monotonic() - loop_start) / 60  # noqa: E731
     while step < cfg.steps:
         check(cancel)
-        if cfg.max_minutes is not None and time.monotonic() - started > 60 * cfg.max_minutes:
+        if cfg.max_minutes is not None and minutes() > cfg.max_minutes:
             break
         i = rng.choices(range(len(cases)), weights)[0]
         sample = sample_crop(cases[i], values[i], negatives[i], cfg, rng)
@@ -270,7 +286,7 @@ def train_ct_segmenter(
             continue
         text = torch.stack([embeddings[k] for k in sample.keys])
         for group in opt.param_groups:
-            group["lr"] = _lr(step, cfg)
+            group["lr"] = _lr(step, cfg, minutes()) * group["scale"]
         loss, parts = sample_loss(net, sample, text, cfg, rng)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -282,12 +298,21 @@ def train_ct_segmenter(
         if step % 25 == 0:
             history["loss"].append([step, round(smooth, 4), {k: round(v, 4) for k, v in parts.items()}])
         if step % cfg.checkpoint_every == 0:
+            history["train_minutes"] = round(minutes(), 3)
             save_checkpoint(checkpoint_path(workdir, step), model=net.state_dict(), optimizer=opt.state_dict(),
                             step=step, history=json.dumps(history), cases=history["cases"], rng=json.dumps(rng.getstate()))
         report(progress, "training ct-v1", step, cfg.steps, f"loss {smooth:.3f}")
     history["steps_done"] = step
+    history["train_minutes"] = round(minutes(), 3)
     history["minutes"] = round((time.monotonic() - started) / 60, 2)
     return net.eval(), history
+
+
+def _with_new_keys(init: dict[str, torch.Tensor], net: CTTextSegmenter) -> dict[str, torch.Tensor]:
+    """The base model's weights, its learned queries extended by the fresh rows ``net`` drew for
+    structures the base was not trained on (fine-tuning on a user's new structure)."""
+    old = init["key_query"]
+    return {**init, "key_query": torch.cat([old, net.key_query.detach()[len(old):]])}
 
 
 def _rng_state(text: str) -> tuple:
@@ -295,13 +320,20 @@ def _rng_state(text: str) -> tuple:
     return version, tuple(state), gauss
 
 
-def ship(net: CTTextSegmenter, history: dict, name: str, directory: str | Path | None, *, training_data: dict, metrics: dict | None = None, overwrite: bool = False) -> Path:
-    """Save the trained decoder as a model (safetensors + card) named ``name``."""
+def ship(
+    net: CTTextSegmenter, history: dict, name: str, directory: str | Path | None, *, training_data: dict,
+    metrics: dict | None = None, overwrite: bool = False, encoder_pretrained: bool = True,
+) -> Path:
+    """Save the trained decoder as a model (safetensors + card) named ``name``; a decoder trained on a
+    randomly initialised encoder's features (the control) says so, and inference rebuilds that encoder."""
     vocab = load_vocabulary()
     structures = [{"key": k, "name": vocab.get(k).name} for k in history["keys"]]
     card = ModelCard(
         name=name, kind=MODEL_KIND,
-        config={"model": net.cfg.to_dict(), "encoder": ct_weights.NAME, "encoder_sha256": ct_weights.JOINED_SHA256},
+        config={
+            "model": net.cfg.to_dict(), "encoder": ct_weights.NAME, "encoder_sha256": ct_weights.JOINED_SHA256,
+            "encoder_init": "pretrained" if encoder_pretrained else f"random (seed {ct_weights.RANDOM_INIT_SEED})",
+        },
         description=(
             "Text-prompted whole-CT segmentation: a 3D decoder trained on the frozen CT foundation encoder. "
             + ct_weights.CREDIT

@@ -110,9 +110,15 @@ def _cached_state(stages: int) -> dict[str, torch.Tensor]:
     return state_dict_for_stages(load_state_dict(), stages)
 
 
+RANDOM_INIT_SEED = 0  # the random-initialisation control is the same network in caching and inference
+
+
 def build_pretrained_encoder(stages: int = 4, *, pretrained: bool = True) -> CTFoundationEncoder:
-    """The encoder in eval mode, fp32; ``pretrained=False`` keeps the random initialisation (the control)."""
-    encoder = CTFoundationEncoder(stages)
+    """The encoder in eval mode, fp32; ``pretrained=False`` keeps a random initialisation (the
+    control), always the same one (:data:`RANDOM_INIT_SEED`), without touching the global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        encoder = CTFoundationEncoder(stages)
     if pretrained:
         state = {k: v.float() if v.is_floating_point() else v for k, v in _cached_state(stages).items()}
         encoder.load_state_dict(state, strict=True)
