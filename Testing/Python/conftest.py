@@ -60,3 +60,33 @@ def pid_alive():
             return False
 
     return alive
+
+
+@pytest.fixture(scope="session")
+def ct_weights_store(tmp_path_factory):
+    """A private store of the CT encoder's weights, built once per session by the installer's own
+    weight step (``medfound models install-backbone`` in a child process, from the real shard packages
+    in this environment). Returns the store folder and what the step reported while building it."""
+    import os
+
+    from MedFoundSlicerLib import install
+
+    root = tmp_path_factory.mktemp("backbones")
+    before = os.environ.get("MEDFOUND_BACKBONES")
+    os.environ["MEDFOUND_BACKBONES"] = str(root)
+    progress = []
+    try:
+        result = install.install_ct_weights(log=lambda _text: None, on_progress=progress.append)
+    finally:
+        if before is None:
+            os.environ.pop("MEDFOUND_BACKBONES", None)
+        else:
+            os.environ["MEDFOUND_BACKBONES"] = before
+    return {"root": root, "result": result, "progress": progress}
+
+
+@pytest.fixture
+def ct_weights_installed(ct_weights_store, monkeypatch):
+    """``$MEDFOUND_BACKBONES`` set to the session's store, where the CT weights are already installed."""
+    monkeypatch.setenv("MEDFOUND_BACKBONES", str(ct_weights_store["root"]))
+    return ct_weights_store["root"]

@@ -3,9 +3,11 @@
 What PythonQt does and PySide6 does not, and the Widget relies on: Qt properties read and written as
 attributes (``label.text = "..."``, ``combo.currentText``), ``obj.connect("signal(args)", slot)``, and
 the ``qt`` / ``ctk`` modules. :func:`wrap` gives any QObject that behaviour; :func:`install` registers
-``qt`` and ``ctk`` and replaces the GUI parts of ``slicer.util`` (loadUI, dialogs) and
+``qt`` and ``ctk`` and replaces the GUI parts of ``slicer.util`` (loadUI, message boxes) and
 ``slicer.modules.plots.logic()`` (showing a chart in the layout) that slicer-core cannot run without a
 Slicer application. The MRML widgets are small stand-ins that hold a real node.
+``slicer.util.createProgressDialog`` needs no stand-in: slicer-core's own runs on this ``qt`` (its
+``QProgressDialog`` parented to ``mainWindow()``, which is None here).
 """
 
 from __future__ import annotations
@@ -272,11 +274,13 @@ class Dialogs:
 
     @contextlib.contextmanager
     def tryWithErrorDisplay(self, message="", show=True, waitCursor=False):
-        """As in Slicer: an exception is shown (here: recorded with its message) and not raised."""
+        """As in Slicer: an exception is shown (here: recorded with its message), then raised again
+        (Slicer's ``tryWithErrorDisplay`` ends with ``raise``; from a slot it only reaches the console)."""
         try:
             yield
         except Exception as error:  # noqa: BLE001 - mirrors slicer.util.tryWithErrorDisplay
             self.errors.append(f"{message} {error}")
+            raise
 
 
 def install(monkeypatch, dialogs: Dialogs) -> tuple[types.ModuleType, types.ModuleType]:

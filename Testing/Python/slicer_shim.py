@@ -90,12 +90,15 @@ class ScriptedLoadableModuleTest(unittest.TestCase):
 
 
 class _Application:
-    """``slicer.app`` without a GUI: enough for code that asks whether it runs headless."""
+    """``slicer.app`` without a main window: enough for code that asks whether it runs headless, and
+    ``processEvents`` runs the Qt event loop once when the test made a QApplication (as Slicer's does)."""
 
     commandOptions = types.SimpleNamespace(noMainWindow=True)
 
     def processEvents(self) -> None:
-        pass
+        qtcore = sys.modules.get("PySide6.QtCore")
+        if qtcore is not None and qtcore.QCoreApplication.instance() is not None:
+            qtcore.QCoreApplication.processEvents()
 
 
 def install() -> None:

