@@ -185,10 +185,35 @@ def test_cli_writes_the_label_map_on_the_input_grid(trained, shared_data, tmp_pa
     assert set(np.unique(labels.array)) <= {0, 1, 2}
 
 
-def test_default_means_the_ct_model_for_a_ct_once_it_is_installed(trained, other_patient, medfound_home, shared_data):
+def test_default_means_the_ct_model_for_a_ct_once_it_is_installed(trained, other_patient, medfound_home, shared_data, monkeypatch, tmp_path):
+    from medfoundcore import registry
+
     mri = load_volume(shared_data / "totalsegmentator" / "ts_mr_sm_img.nii.gz")
-    assert resolve_default("default", other_patient) == "default"  # no ct-v1 in this store: the slice model
-    net, history = trained[0], trained[1]
-    ship(net, history, "ct-v1", None, training_data={})  # into the (private) user store
-    assert resolve_default("default", other_patient) == "default-ct"
+    assert resolve_default("default", other_patient) == "default-ct"  # the packaged ct-v1
     assert resolve_default("default", mri) == "default" and resolve_default("starter-v2", other_patient) == "starter-v2"
+    monkeypatch.setattr(registry, "PACKAGED_DIR", tmp_path / "no-packaged-models")  # an install without ct-v1 ...
+    assert resolve_default("default", other_patient) == "default"  # ... falls back to the slice model
+    net, history = trained[0], trained[1]
+    ship(net, history, "ct-v1", None, training_data={})  # a ct-v1 in the user store counts too
+    assert resolve_default("default", other_patient) == "default-ct"
+
+
+def test_the_learning_rate_warms_up_and_anneals_over_whichever_budget_ends_first():
+    from medfoundcore.train.ct_segment import _lr
+
+    by_steps = CTTrainConfig(steps=1000, lr=1.0)
+    assert _lr(0, by_steps) < 0.05 and _lr(100, by_steps) > 0.9 and _lr(999, by_steps) < 1e-3
+    by_clock = CTTrainConfig(steps=10**6, max_minutes=10.0, lr=1.0)  # the step cap is never reached
+    assert _lr(10, by_clock, minutes=0.1) < 0.5  # still warming up after 1 % of the time
+    assert _lr(500, by_clock, minutes=2.0) > 0.9 and _lr(3000, by_clock, minutes=9.99) < 1e-3
+
+
+def test_fine_tuning_on_a_new_structure_keeps_the_learned_queries_and_adds_one(trained, cached_crop, tmp_path, one_thread):
+    """A user's fine-tune (``--base-model``) may teach a structure the base never saw: the base's
+    learned queries carry over unchanged at step 0, the new structure gets a fresh row."""
+    net = trained[0]
+    cfg = CTTrainConfig(steps=1, lr=1e-9, structures=[*KEYS, "kidney_left"], model=net.cfg, checkpoint_every=1000)
+    tuned, history = train_ct_segmenter(cached_crop, tmp_path / "tune", cfg, init=net.state_dict())
+    assert list(tuned.cfg.keys) == [*KEYS, "kidney_left"] and history["keys"] == sorted([*KEYS, "kidney_left"])
+    assert torch.allclose(tuned.key_query[:2], net.key_query, atol=1e-6)  # (lr 1e-9: one step moves nothing)
+    assert tuned.key_query.shape[0] == 3

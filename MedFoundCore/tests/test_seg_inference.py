@@ -139,8 +139,10 @@ def test_prompt_errors_and_cancellation(shared_data):
 def test_mismatch_warning_for_mri_structure_on_ct(shared_data):
     ct = load_volume(shared_data / "totalsegmentator" / "ts_ct_sm_img.nii.gz")
     small = Volume(ct.array[:8], ct.spacing, ct.origin, ct.direction, ct.meta)
-    result = medfoundcore.segment(small, ["grey matter"], device="cpu")
+    result = medfoundcore.segment(small, ["grey matter"], model="starter-v2", device="cpu")  # the slice model knows it
     assert any("grey matter" in w and "CT" in w for w in result.warnings)
+    with pytest.raises(InputError, match="not trained on 'brain grey matter'"):  # ct-v1, the default for a CT, does not
+        medfoundcore.segment(small, ["grey matter"], device="cpu")
 
 
 @pytest.mark.parametrize("native", [(512, 512), (101, 122), (130, 77)])

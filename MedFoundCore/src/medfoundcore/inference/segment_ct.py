@@ -28,6 +28,7 @@ from .windows import FEATURES, sliding_windows, window_digest
 
 MODEL_KIND = "ct-text-segmenter"
 PRESENCE_THRESHOLD = 0.5
+PRESENCE_GATE = "window"  # or "slab": each 6 mm slab gated on its own (the ablation of docs/ct.md)
 MASK_THRESHOLD = 0.5
 BOX_MARGIN = 1  # layer1 voxels (6 mm) around a prompt's coarse box, refined at full resolution
 NEG = -20.0  # logit of "certainly not here"
@@ -94,7 +95,14 @@ def window_logits(
     net = model.decoder
     coarse = net.coarse_logits(pixel, text, keys)  # 1 K z x y
     if use_presence:
-        present = torch.sigmoid(net.presence_logits(pixel, text, keys)) >= PRESENCE_THRESHOLD  # 1 K z
+        # The gate is per window: a prompt is emptied where no slab of the window is judged to hold it.
+        # Gating each 6 mm slab on its own cut the ends of present organs (mean Dice per slab vs per
+        # window: held-out 0.605 vs 0.647, validation 0.648 vs 0.662; absent structures empty in both;
+        # docs/ct.md).
+        slabs = torch.sigmoid(net.presence_logits(pixel, text, keys))  # 1 K z
+        if PRESENCE_GATE == "window":
+            slabs = slabs.amax(dim=-1, keepdim=True).expand_as(slabs)
+        present = slabs >= PRESENCE_THRESHOLD  # 1 K z
         coarse = torch.where(present[..., None, None], coarse, torch.full_like(coarse, NEG))
     up = net.upsample
     out = torch.full((1, coarse.shape[1], *window.shape[-3:]), NEG, device=window.device)

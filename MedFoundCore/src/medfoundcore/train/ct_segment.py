@@ -218,15 +218,15 @@ def text_table(keys: Sequence[str], vocab: Vocabulary) -> torch.Tensor:
 
 
 def _lr(step: int, cfg: CTTrainConfig, minutes: float = 0.0) -> float:
-    """Warm-up, then cosine decay over whichever budget runs out first (steps, or ``max_minutes``
-    of training time), so a run stopped by the clock has annealed too."""
-    warm = max(1, cfg.steps // 20)
-    if step < warm:
-        return cfg.lr * (step + 1) / warm
-    done = (step - warm) / max(1, cfg.steps - warm)
+    """Warm-up over the first 5 %, then cosine decay, of whichever budget runs out first (steps, or
+    ``max_minutes`` of training time), so a run stopped by the clock has warmed up and annealed too."""
+    done = (step + 1) / max(1, cfg.steps)
     if cfg.max_minutes:
         done = max(done, minutes / cfg.max_minutes)
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
+    warm = 0.05
+    if done < warm:
+        return cfg.lr * done / warm
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (done - warm) / (1 - warm))))
 
 
 def train_ct_segmenter(
