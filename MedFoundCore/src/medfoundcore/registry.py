@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,12 +90,15 @@ def user_models_dir() -> Path:
     return medfound_home() / "models"
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
+def sha256_file(path: Path, chunk: int = 1 << 20, on_read: Callable[[int], None] | None = None) -> str:
+    """Hex sha256 of a file, read in chunks; ``on_read(bytes_read_so_far)`` after each (progress)."""
+    digest, done = hashlib.sha256(), 0
     with open(path, "rb") as handle:
         while block := handle.read(chunk):
             digest.update(block)
+            done += len(block)
+            if on_read is not None:
+                on_read(done)
     return digest.hexdigest()
 
 

@@ -127,14 +127,9 @@ def install(progress: ProgressCallback | None = None) -> Path:
 def verify_stored(weights: Path, progress: ProgressCallback | None = None) -> None:
     """Check the stored safetensors against the sha256 in its card (``verifying`` progress in MB)."""
     card = json.loads((weights.parent / "card.json").read_text())
-    total, done, digest = _megabytes(weights.stat().st_size), 0, hashlib.sha256()
+    total = _megabytes(weights.stat().st_size)
     report(progress, "verifying", 0, total, "MB")
-    with open(weights, "rb") as stream:
-        while chunk := stream.read(CHUNK_BYTES):
-            digest.update(chunk)
-            done += len(chunk)
-            report(progress, "verifying", min(_megabytes(done), total), total, "MB")
-    actual = digest.hexdigest()
+    actual = sha256_file(weights, CHUNK_BYTES, lambda done: report(progress, "verifying", min(_megabytes(done), total), total, "MB"))
     if actual != card.get("sha256"):
         raise ModelError(
             f"{weights}: checksum mismatch (card {str(card.get('sha256'))[:12]}…, file {actual[:12]}…): the stored "
