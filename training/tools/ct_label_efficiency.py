@@ -21,11 +21,13 @@ import json
 import os
 from pathlib import Path
 
-from medfoundcore.bench.segment import baseline_report, heldout_report
+from ct_v1_control import train_and_score  # the same train → ship → score steps as the encoder control
+
+from medfoundcore.bench.segment import baseline_report
 from medfoundcore.data.datasets import find_cases
 from medfoundcore.data.paths import shared_data_dir
 from medfoundcore.train.ct_features import cache_cases
-from medfoundcore.train.ct_segment import CTTrainConfig, ship, train_ct_segmenter
+from medfoundcore.train.ct_segment import CTTrainConfig
 
 
 def training_patients(n: int) -> list:
@@ -41,10 +43,8 @@ def run(args: argparse.Namespace) -> dict:
     else:
         cases = cache_cases(train, args.cache)
         cfg = CTTrainConfig(steps=args.steps, max_minutes=args.minutes, lr=2e-3, structures=args.structures, checkpoint_every=10**6)
-        net, history = train_ct_segmenter(cases, Path(args.work) / f"eff-ct-{args.n}", cfg)
-        model = ship(net, history, f"eff-ct-{args.n}", Path(args.work) / f"eff-ct-{args.n}-model", training_data={"cases": history["cases"]}, overwrite=True)
-        report = heldout_report(held, str(model), args.structures, device="cpu")
-        report["steps"] = history["steps_done"]
+        report = train_and_score(cases, f"eff-ct-{args.n}", args.work, held, args.structures, cfg)
+        report["steps"] = report["training"]["steps"]
     return {"n": args.n, "arm": args.arm, "minutes": args.minutes, "threads": os.environ.get("OMP_NUM_THREADS"), **report}
 
 

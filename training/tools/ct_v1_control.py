@@ -23,17 +23,24 @@ from medfoundcore.train.ct_features import cache_cases
 from medfoundcore.train.ct_segment import CTTrainConfig, ship, train_ct_segmenter
 
 
+def train_and_score(cases, name: str, work_root: str | Path, heldout, structures: list[str], cfg: CTTrainConfig,
+                    *, encoder_pretrained: bool = True) -> dict:
+    """Train a ct-v1 decoder on cached ``cases`` (checkpoints in WORK_ROOT/NAME), ship it to
+    WORK_ROOT/NAME-model and score it on the held-out cases; the report says how it was trained."""
+    net, history = train_ct_segmenter(cases, Path(work_root) / name, cfg)
+    model_dir = Path(work_root) / f"{name}-model"
+    ship(net, history, name, model_dir, training_data={"cases": history["cases"]}, overwrite=True, encoder_pretrained=encoder_pretrained)
+    report = heldout_report(heldout, str(model_dir), structures, device="cpu")
+    report["training"] = {"steps": history["steps_done"], "train_minutes": history["train_minutes"], "cases": history["cases"]}
+    return report
+
+
 def run_arm(args: argparse.Namespace) -> dict:
     pretrained = args.arm == "pretrained"
     cases = cache_cases(find_cases(args.train), Path(args.cache_root) / args.arm, pretrained=pretrained)
     cfg = CTTrainConfig(steps=args.steps, max_minutes=args.minutes, lr=args.lr, structures=args.keys, checkpoint_every=250)
-    net, history = train_ct_segmenter(cases, Path(args.work_root) / f"control-{args.arm}", cfg)
-    model_dir = Path(args.work_root) / f"control-{args.arm}-model"
-    ship(net, history, f"control-{args.arm}", model_dir, training_data={"cases": history["cases"]},
-         overwrite=True, encoder_pretrained=pretrained)
-    report = heldout_report(find_cases(args.heldout), str(model_dir), args.structures, device="cpu")
-    report["training"] = {"steps": history["steps_done"], "train_minutes": history["train_minutes"], "cases": history["cases"]}
-    return report
+    return train_and_score(cases, f"control-{args.arm}", args.work_root, find_cases(args.heldout), args.structures, cfg,
+                           encoder_pretrained=pretrained)
 
 
 def main() -> None:
