@@ -6,8 +6,12 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
+from medfoundcore.data.datasets import find_cases
 from medfoundcore.data.paths import shared_data_dir
+from medfoundcore.io import load_volume, save_volume
+from medfoundcore.train.ct_features import cache_cases
 
 
 @pytest.fixture(scope="session")
@@ -63,3 +67,19 @@ def corrupt_file():
             handle.write(b"\x00" * 16)
 
     return corrupt
+
+
+@pytest.fixture(scope="session")
+def cached_crop(shared_data, tmp_path_factory):
+    """40 axial slices (120 mm) of the abdominal patient ts_ct_full, cached through the real encoder
+    (shared by the ct-v1 and interactive model tests; a training patient: no Dice threshold on it)."""
+    root = tmp_path_factory.mktemp("ct-cache")
+    (ref,) = find_cases([shared_data / "totalsegmentator" / "ts_ct_full_img.nii.gz"])
+    image, labels = load_volume(ref.image_path), load_volume(ref.label_path, label=True)
+    box = (slice(72, 112), slice(None), slice(None))
+    crop_dir = tmp_path_factory.mktemp("crop")
+    save_volume(image.crop(box), crop_dir / "abdomen_img.nii.gz")
+    save_volume(labels.crop(box), crop_dir / "abdomen_lab.nii.gz")
+    (crop_dir / "abdomen_labels.json").write_text(ref.label_path.with_name("ts_ct_full_labels.json").read_text())
+    torch.set_num_threads(1)
+    return cache_cases(find_cases([crop_dir / "abdomen_img.nii.gz"]), root)

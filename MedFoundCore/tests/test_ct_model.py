@@ -20,37 +20,20 @@ import SimpleITK as sitk
 
 import medfoundcore
 from medfoundcore.cli import main
-from medfoundcore.data.datasets import find_cases
 from medfoundcore.errors import Cancelled, InputError
 from medfoundcore.inference.windows import FEATURES
-from medfoundcore.io import Volume, save_volume
+from medfoundcore.io import Volume
 from medfoundcore.metrics import dice
 from medfoundcore.preprocess import resample_onto
 from medfoundcore.registry import resolve_default
 from medfoundcore.progress import CancelToken
 from medfoundcore.io import load_volume
 from medfoundcore.models.ct_segmenter import CTSegmenterConfig, build_ct_segmenter
-from medfoundcore.train.ct_features import cache_cases
 from medfoundcore.train.ct_segment import CTTrainConfig, sample_crop, ship, sample_loss, structure_values, text_table, train_ct_segmenter
 from medfoundcore.vocabulary import load_vocabulary
 
 SMALL = CTSegmenterConfig(width=32, image_width=4, refine_width=8)
 WHOLE = (64, 64, 64)  # larger than the cached crop: the whole case
-
-
-@pytest.fixture(scope="module")
-def cached_crop(shared_data, tmp_path_factory):
-    """40 axial slices (120 mm) of the abdominal training patient, cached through the real encoder."""
-    root = tmp_path_factory.mktemp("ct-cache")
-    (ref,) = find_cases([shared_data / "totalsegmentator" / "ts_ct_full_img.nii.gz"])
-    image, labels = load_volume(ref.image_path), load_volume(ref.label_path, label=True)
-    box = (slice(72, 112), slice(None), slice(None))
-    crop_dir = tmp_path_factory.mktemp("crop")
-    save_volume(image.crop(box), crop_dir / "abdomen_img.nii.gz")
-    save_volume(labels.crop(box), crop_dir / "abdomen_lab.nii.gz")
-    (crop_dir / "abdomen_labels.json").write_text(ref.label_path.with_name("ts_ct_full_labels.json").read_text())
-    torch.set_num_threads(1)
-    return cache_cases(find_cases([crop_dir / "abdomen_img.nii.gz"]), root)
 
 
 def _fixed_sample(case, keys, seed=3):

@@ -1,7 +1,7 @@
 """MedFound core: text-prompted and zero-shot segmentation of 3D medical volumes.
 
 Public API: :func:`load_volume`, :func:`save_volume`, :class:`Volume`, :func:`segment` (text prompts)
-and :func:`click` (point prompts). Heavy parts (models, text encoder) load lazily on first use.
+and :func:`click` (points, boxes, strokes: interactive). Heavy parts (models, text encoder) load lazily on first use.
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ def segment(volume: Volume, prompts: list[str], model: str = "default", device: 
     return _segment(volume, prompts, model=model, device=device, **kwargs)
 
 
-def click(volume: Volume, positive_ras: Any, negative_ras: Any = (), **kwargs: Any) -> Any:
-    """Zero-shot segmentation from RAS point clicks; see :func:`medfoundcore.inference.click.click`."""
-    from .inference.click import click as _click
+def click(volume: Volume, points: Any = (), **kwargs: Any) -> Any:
+    """Interactive segmentation from include/exclude points ``(R, A, S[, include])``, a ``box``,
+    ``scribbles`` and the ``previous`` mask, in RAS mm; see :func:`medfoundcore.inference.interactive.click`."""
+    from .inference.interactive import click as _click
 
-    return _click(volume, positive_ras, negative_ras, **kwargs)
+    return _click(volume, points, **kwargs)

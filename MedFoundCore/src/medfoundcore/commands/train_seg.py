@@ -25,10 +25,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("train-seg", help="train / fine-tune a text-prompted segmenter", description=__doc__)
     parser.add_argument("data", nargs="+", help="dataset folders or *_img.nii.gz files")
     parser.add_argument(
-        "--model", default="text2d", choices=["text2d", "ct"],
-        help="text2d: the BiomedParse-V slice model (CT and MRI); ct: the ct-v1 decoder on the frozen pretrained CT encoder (CT cases only)",
+        "--model", default="text2d", choices=["text2d", "ct", "interactive"],
+        help="text2d: the BiomedParse-V slice model (CT and MRI); ct: the ct-v1 decoder on the frozen pretrained CT encoder (CT cases only); "
+        "interactive: the click/box/stroke model on the same encoder, trained with simulated interaction (CT cases only)",
     )
-    parser.add_argument("--feature-cache", help="with --model ct: folder of cached encoder features (default: WORK_DIR/features; reused across runs)")
+    parser.add_argument("--feature-cache", help="with --model ct or interactive: folder of cached encoder features (default: WORK_DIR/features; reused across runs)")
+    parser.add_argument(
+        "--finetune-backbone", default="auto", choices=["auto", "on", "off"],
+        help="with --model ct: also fine-tune the CT encoder's last stages (layer3, layer4; bf16 on CUDA) with the decoder; "
+        "auto (default) = on exactly when training runs on CUDA. The model then carries its own encoder (~235 MB, user store only)",
+    )
     parser.add_argument("--out-name", required=True, help="name of the model in the user store (~/.medfound/models)")
     parser.add_argument("--work-dir", help="checkpoint folder (default: ~/.medfound/runs/NAME)")
     parser.add_argument("--output-dir", help="write the model here instead of the user store (e.g. to ship it)")
@@ -118,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.model == "ct":
             directory = _train_ct(args, train, work_dir, bar)
+        elif args.model == "interactive":
+            directory = _train_interactive(args, train, work_dir, bar)
         else:
             directory = train_segmenter(
                 train, config_from_args(args), args.out_name, work_dir, output_dir=args.output_dir, progress=bar, on_metrics=show
@@ -137,6 +145,18 @@ def _train_ct(args: argparse.Namespace, train, work_dir: Path, bar):
         structures=args.structures or None,
     )
     return train_ct_from_cases(
+        train, cfg, args.out_name, work_dir, feature_cache=args.feature_cache, output_dir=args.output_dir,
+        base_model=args.base_model, device=str(resolve_device(args.device)), finetune_backbone=args.finetune_backbone, progress=bar,
+    )
+
+
+def _train_interactive(args: argparse.Namespace, train, work_dir: Path, bar):
+    from ..device import resolve_device
+    from ..train.interactive import InteractiveTrainConfig, train_interactive_from_cases
+
+    cfg = InteractiveTrainConfig(steps=args.steps, max_minutes=args.max_minutes, lr=args.lr, seed=args.seed,
+                                 checkpoint_every=args.checkpoint_every, structures=args.structures or None)
+    return train_interactive_from_cases(
         train, cfg, args.out_name, work_dir, feature_cache=args.feature_cache, output_dir=args.output_dir,
         base_model=args.base_model, device=str(resolve_device(args.device)), progress=bar,
     )

@@ -3,8 +3,9 @@
 Flow: any CT (any size, orientation, spacing) → axis-aligned RAS grid at 1.5 × 1.5 × 3 mm, HU → [0, 1]
 → body box → sliding windows of the encoder's 160 × 224 × 224 input with Gaussian blending
 (``windows.sliding_windows``; encoder + pixel features once per window, cached, shared by every prompt)
-→ per prompt: coarse 6 mm logits, ISD-style presence per 6 mm slab (a slab judged absent is emptied),
-full-resolution refinement inside the prompt's box → argmax across prompts (background where no
+→ per prompt: coarse 6 mm logits, ISD-style presence gate (``presence_gate``: "window", the default,
+empties a prompt in a window where no 6 mm slab is judged to hold it; "slab" empties each such slab;
+"none" keeps raw masks), full-resolution refinement inside the prompt's box → argmax across prompts (background where no
 prompt's probability reaches 0.5) → small islands of one-piece organs removed → label map resampled
 (nearest neighbour) back onto the input's own grid and geometry.
 """
@@ -18,17 +19,18 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..device import autocast
-from ..errors import ModelError
+from ..errors import InputError, ModelError
 from ..io import Volume
 from ..preprocess import CT_ENCODER_MULTIPLE_ZXY, body_box, encoder_input, kji, resample_onto
 from ..progress import CancelToken, ProgressCallback, check, report
 from .postprocess import remove_islands
-from .windows import FEATURES, sliding_windows, window_digest
+from .windows import sliding_windows, window_features
 
 MODEL_KIND = "ct-text-segmenter"
 PRESENCE_THRESHOLD = 0.5
-PRESENCE_GATE = "window"  # or "slab": each 6 mm slab gated on its own (the ablation of docs/ct.md)
+#: How the presence head gates a prompt: per window (shipped), per 6 mm slab (the first design, the
+#: ablation of docs/ct.md), or not at all.
+PRESENCE_GATES = ("window", "slab", "none")
 MASK_THRESHOLD = 0.5
 BOX_MARGIN = 1  # layer1 voxels (6 mm) around a prompt's coarse box, refined at full resolution
 NEG = -20.0  # logit of "certainly not here"
@@ -36,7 +38,8 @@ NEG = -20.0  # logit of "certainly not here"
 
 @dataclass
 class CTModel:
-    """A loaded ``ct-v1``: the frozen encoder, the decoder, and the card."""
+    """A loaded ``ct-v1``: the encoder (the shared pretrained one, or the model's own fine-tuned
+    one), the decoder, and the card."""
 
     encoder: torch.nn.Module
     decoder: torch.nn.Module
@@ -46,34 +49,29 @@ class CTModel:
 
 @functools.lru_cache(maxsize=1)
 def load_ct_model(name: str, device: str) -> CTModel:
-    from ..models.backbones.ct_weights import build_pretrained_encoder
+    """The model and its encoder: the process-wide shared pretrained encoder (``ct_weights.shared_encoder``)
+    or, for a model whose encoder was fine-tuned with it (weights under ``ct_weights.ENCODER_PREFIX`` in
+    the same sha256-checked file), that encoder. Window features are cached per model (name + sha256),
+    so a fine-tuned encoder's features never mix with the pretrained one's."""
+    from ..models.backbones.ct_weights import encoder_from_state, shared_encoder, split_encoder_state
     from ..models.ct_segmenter import CTSegmenterConfig, build_ct_segmenter
     from ..registry import load_model
 
     state, card = load_model(name)
     if card.kind != MODEL_KIND:
         raise ModelError(f"model {name!r} is a {card.kind!r} model, not a CT text-prompted segmenter")
+    state, own_encoder = split_encoder_state(state)
     decoder = build_ct_segmenter(CTSegmenterConfig.from_dict(card.config["model"]))
     decoder.load_state_dict(state)
     dev = torch.device(device)
-    pretrained = card.config.get("encoder_init", "pretrained") == "pretrained"  # "random": the control
-    return CTModel(build_pretrained_encoder(4, pretrained=pretrained).to(dev), decoder.eval().to(dev), card, dev)
-
-
-def _pixel_features(model: CTModel, window: torch.Tensor) -> list[torch.Tensor]:
-    """Decoder pixel features + full-resolution image features of one window, from the cache when
-    the same voxels were seen before (another prompt, another call on the same CT)."""
-    key = window_digest(window, model.card.name + model.card.sha256)
-    cached = FEATURES.get(key)
-    if cached is not None:
-        return [t.to(model.device).float() for t in cached]
-    with autocast(model.device):
-        pixel = model.decoder.pixel_features(model.encoder(window))
-        image = model.decoder.image_features(window)
-    stored = [t.to("cpu", torch.float16) for t in (pixel, image)]
-    FEATURES.put(key, stored)
-    # the first call uses the stored (fp16) values too, so a later call from the cache gives the same result
-    return [t.to(model.device).float() for t in stored]
+    init = str(card.config.get("encoder_init", "pretrained"))
+    if init.startswith("fine-tuned"):
+        if own_encoder is None:
+            raise ModelError(f"model {name!r}: its card says the encoder was {init}, but its weights hold no encoder")
+        encoder = encoder_from_state(own_encoder).to(dev)
+    else:
+        encoder = shared_encoder(str(dev), init == "pretrained")  # "random (seed 0)": the control
+    return CTModel(encoder, decoder.eval().to(dev), card, dev)
 
 
 def _coarse_box(prob: torch.Tensor) -> tuple[slice, ...] | None:
@@ -87,20 +85,20 @@ def _coarse_box(prob: torch.Tensor) -> tuple[slice, ...] | None:
 
 
 def window_logits(
-    model: CTModel, window: torch.Tensor, text: torch.Tensor, keys: Sequence[str], use_presence: bool = True
+    model: CTModel, window: torch.Tensor, text: torch.Tensor, keys: Sequence[str], presence_gate: str = "window"
 ) -> torch.Tensor:
     """Full-resolution logits ``[1, K, Z, X, Y]`` of every prompt (MiniLM embedding ``text`` [K, D] of
-    structure ``keys``) for one window ``[1, 1, Z, X, Y]``."""
-    pixel, image = _pixel_features(model, window)
+    structure ``keys``) for one window ``[1, 1, Z, X, Y]``, gated by presence (:data:`PRESENCE_GATES`)."""
+    pixel, image = window_features(model.encoder, model.decoder, window, model.card.name + model.card.sha256)
     net = model.decoder
     coarse = net.coarse_logits(pixel, text, keys)  # 1 K z x y
-    if use_presence:
-        # The gate is per window: a prompt is emptied where no slab of the window is judged to hold it.
-        # Gating each 6 mm slab on its own cut the ends of present organs (mean Dice per slab vs per
-        # window: held-out 0.605 vs 0.647, validation 0.648 vs 0.662; absent structures empty in both;
-        # docs/ct.md).
+    if presence_gate != "none":
+        # The gate is per window by default: a prompt is emptied where no slab of the window is judged
+        # to hold it. Gating each 6 mm slab on its own cut the ends of present organs (mean Dice per
+        # slab vs per window: held-out 0.605 vs 0.647, validation 0.648 vs 0.662; absent structures
+        # empty in both; docs/ct.md).
         slabs = torch.sigmoid(net.presence_logits(pixel, text, keys))  # 1 K z
-        if PRESENCE_GATE == "window":
+        if presence_gate == "window":
             slabs = slabs.amax(dim=-1, keepdim=True).expand_as(slabs)
         present = slabs >= PRESENCE_THRESHOLD  # 1 K z
         coarse = torch.where(present[..., None, None], coarse, torch.full_like(coarse, NEG))
@@ -117,12 +115,13 @@ def window_logits(
 
 def segment_ct(
     volume: Volume, structures: Sequence, model_name: str, device: torch.device, *,
-    keep_islands: bool = False, use_presence: bool = True,
+    keep_islands: bool = False, presence_gate: str = "window",
     progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Label map on ``volume``'s grid (label i+1 = ``structures[i]``) and per-prompt statistics."""
     from .segment import _text_encoder
 
+    check_presence_gate(presence_gate)
     model = load_ct_model(model_name, str(device))
     text = _text_encoder().encode([s.name for s in structures]).float().to(model.device)
     keys = [s.key for s in structures]
@@ -134,7 +133,7 @@ def segment_ct(
 
     def predict(window: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            return window_logits(model, window, text, keys, use_presence)
+            return window_logits(model, window, text, keys, presence_gate)
 
     logits = sliding_windows(block, predict, CT_ENCODER_MULTIPLE_ZXY, device=model.device, progress=progress, cancel=cancel)
     check(cancel)
@@ -151,6 +150,12 @@ def segment_ct(
     return result, stats
 
 
+def check_presence_gate(presence_gate: str) -> None:
+    """An unknown gate is an InputError naming the known ones (before any model is loaded)."""
+    if presence_gate not in PRESENCE_GATES:
+        raise InputError(f"presence_gate must be one of {', '.join(PRESENCE_GATES)}, not {presence_gate!r}")
+
+
 def _mean_presence(logits: torch.Tensor, labels: np.ndarray) -> list[float]:
     """Mean probability of each prompt over the voxels it was given (0 when it got none)."""
     out = []
@@ -162,17 +167,19 @@ def _mean_presence(logits: torch.Tensor, labels: np.ndarray) -> list[float]:
 
 def segment_ct_result(
     volume: Volume, prompts: Sequence[str], model: str, device: torch.device, *,
-    keep_islands: bool = False, use_isd: bool = True, best_effort: bool = False, force: bool = False,
-    progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+    keep_islands: bool = False, use_isd: bool = True, presence_gate: str = "window", best_effort: bool = False,
+    force: bool = False, progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
 ):
     """:func:`segment_ct` wrapped as :func:`~medfoundcore.inference.segment.segment` returns it: the
-    same prompt bookkeeping (duplicates merged, unknown structures refused), reports and warnings."""
+    same prompt bookkeeping (duplicates merged, unknown structures refused), reports and warnings.
+    ``use_isd=False`` is ``presence_gate="none"`` (the ablation switch every model family takes)."""
     from ..io import refuse_label_map
     from ..preprocess import detect_modality
     from ..vocabulary import load_vocabulary
     from .prompts import plan_prompts
     from .segment import PromptReport, SegmentationResult
 
+    check_presence_gate(presence_gate)
     card = load_ct_model(model, str(device)).card
     vocab = load_vocabulary()
     plan = plan_prompts(list(prompts), vocab, {s["key"] for s in card.structures}, best_effort, f"model {card.name!r}")
@@ -180,7 +187,7 @@ def segment_ct_result(
     warnings = [*volume.meta.get("warnings", []), *plan.warnings]
     if detect_modality(volume) != "CT":
         warnings.append(f"model {card.name!r} is trained on CT only; this image does not look like a CT (the result is unreliable)")
-    run = dict(keep_islands=keep_islands, use_presence=use_isd, progress=progress, cancel=cancel)
+    run = dict(keep_islands=keep_islands, presence_gate=presence_gate if use_isd else "none", progress=progress, cancel=cancel)
     try:
         labels, stats = segment_ct(volume, plan.structures, model, device, **run)
     except torch.cuda.OutOfMemoryError:  # a GPU too small for one window: the CPU always fits

@@ -175,3 +175,34 @@ def build_pretrained_encoder(stages: int = 4, *, pretrained: bool = True) -> CTF
         state = {k: v.float() if v.is_floating_point() else v for k, v in _cached_state(stages).items()}
         encoder.load_state_dict(state, strict=True)
     return encoder.eval()
+
+
+@functools.lru_cache(maxsize=2)
+def shared_encoder(device: str, pretrained: bool = True) -> CTFoundationEncoder:
+    """One encoder per device for every model of a process (ct-v1 and the interactive model share it:
+    117 M parameters are loaded once)."""
+    return build_pretrained_encoder(4, pretrained=pretrained).to(torch.device(device))
+
+
+#: Prefix of a fine-tuned encoder's weights inside a CT model's safetensors (``medfound train-seg
+#: --model ct --finetune-backbone``): one file, one sha256 checked on load, like every model.
+ENCODER_PREFIX = "encoder."
+
+
+def split_encoder_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+    """A CT model's weights as (decoder weights, fine-tuned encoder weights without the prefix); the
+    second is None for a model that runs on the shared pretrained encoder."""
+    decoder = {k: v for k, v in state.items() if not k.startswith(ENCODER_PREFIX)}
+    encoder = {k[len(ENCODER_PREFIX):]: v for k, v in state.items() if k.startswith(ENCODER_PREFIX)}
+    return decoder, encoder or None
+
+
+def encoder_from_state(state: dict[str, torch.Tensor]) -> CTFoundationEncoder:
+    """An encoder (eval mode, fp32) holding a fine-tuned encoder's full weights (all four stages,
+    strict). Built on the meta device: a random initialisation of 117 M parameters that is
+    overwritten at once would cost seconds and draw from the global RNG."""
+    with torch.device("meta"):
+        encoder = CTFoundationEncoder(4)
+    floats = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    encoder.load_state_dict(floats, strict=True, assign=True)
+    return encoder.eval()

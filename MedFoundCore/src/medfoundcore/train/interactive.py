@@ -1,0 +1,333 @@
+"""Train the interactive model with simulated interaction on cached frozen-encoder features.
+
+One step: one crop of one cached case around one labelled structure (class-agnostic: the model
+never learns the name). The first interaction is a click in the middle of the structure, a box
+around it or a stroke through it; then 0–3 rounds (no gradient) of the model's own prediction, a
+corrective click in its largest error and that prediction fed back as the current mask, as a user
+works; the last round is trained. Losses: BCE + soft Dice on the 6 mm logits and on the
+full-resolution refinement of a sub-box on the structure.
+
+Whole structure classes are held out of training (:data:`HELD_OUT`), so that the evaluation
+measures structures the model has never seen. Checkpoints, resume and the learning-rate schedule
+work as in :mod:`.ct_segment`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data import interaction
+from ..errors import InputError
+from ..models.backbones import ct_weights
+from ..models.interactive_segmenter import InteractiveConfig, InteractiveSegmenter, build_interactive_segmenter
+from ..models.prompt_encoder import VOXEL_MM_ZXY, Prompts, stroke_points
+from ..progress import CancelToken, ProgressCallback, check, report
+from ..registry import ModelCard, save_model
+from ..vocabulary import Vocabulary, ancestors, load_vocabulary
+from .checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
+from .ct_features import CachedCase
+from .ct_segment import _lr, _rng_state, case_weights, crop_case, crop_start, dice_loss
+
+MODEL_KIND = "ct-interactive-segmenter"
+#: Structure classes never trained on (with their sides): what the evaluation calls unseen. Each is
+#: labelled on held-out patients (spleen: ts_ct_dicom20, spleen_8; parotids: OpenKBP test patients;
+#: autochthon muscles: ts_ct_dicom20), so unseen classes are measured on unseen patients.
+HELD_OUT = ("spleen", "parotid_gland", "autochthon")
+
+
+@dataclass
+class InteractiveTrainConfig:
+    steps: int = 6000
+    max_minutes: float | None = None
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    crop_zxy: tuple[int, int, int] = (16, 32, 32)  # 6 mm voxels: 96 × 192 × 192 mm (inference regions are larger)
+    refine_zxy: tuple[int, int, int] = (8, 16, 16)
+    max_corrections: int = 3  # simulated rounds before the trained one: 0..max
+    first: tuple[float, float, float] = (0.6, 0.25, 0.15)  # probability of a click, a box, a stroke first
+    exclude_first: float = 0.15  # probability of also starting with an exclude click just outside
+    drop_previous: float = 0.1  # probability of not feeding the current mask back (a client without it)
+    checkpoint_every: int = 250
+    seed: int = 0
+    held_out: tuple[str, ...] = HELD_OUT
+    structures: list[str] | None = None  # train only on these targets (default: every labelled structure)
+    model: InteractiveConfig = field(default_factory=InteractiveConfig)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "model": self.model.to_dict()}
+
+
+def is_held_out(key: str, vocab: Vocabulary, held_out: Sequence[str]) -> bool:
+    return key in held_out or any(a in held_out for a in ancestors(key, vocab))
+
+
+def interactive_targets(case: CachedCase, vocab: Vocabulary, held_out: Sequence[str] = HELD_OUT) -> dict[str, list[int]]:
+    """Target name → the case's label values it is made of, for every structure a user could click:
+    each labelled structure as labelled (several labels named alike, such as three vertebrae, stay
+    three targets), except a lung's thirds (cut by planes, not anatomy), which are merged into the
+    lung. Held-out classes are left out."""
+    out: dict[str, list[int]] = {}
+    for value, key in case.meta["label_keys"].items():
+        if key not in vocab or is_held_out(key, vocab, held_out):
+            continue
+        if "_third" in key:
+            out.setdefault(ancestors(key, vocab)[0], []).append(int(value))
+        else:
+            out[key if key not in out else f"{key}#{value}"] = [int(value)]
+    return out
+
+
+@dataclass
+class InteractiveSample:
+    features: list[torch.Tensor]
+    image: torch.Tensor  # Z X Y, [0, 1]
+    mask: np.ndarray  # Z X Y bool, the structure
+    key: str
+
+
+def sample_target(case: CachedCase, targets: dict[str, list[int]], cfg: InteractiveTrainConfig, rng: random.Random) -> InteractiveSample | None:
+    """A crop of ``case`` around one of its structures (``None`` if the crop misses it)."""
+    key = rng.choice(sorted(targets))
+    labels = case.array("labels")
+    coarse = labels[::2, ::4, ::4]
+    where = np.flatnonzero(np.isin(coarse, targets[key]))
+    if not where.size:
+        return None
+    centre = np.unravel_index(int(where[rng.randrange(where.size)]), coarse.shape)
+    shape = case.array("f1").shape[1:]
+    crop = [min(c, n) for c, n in zip(cfg.crop_zxy, shape)]
+    start = crop_start(shape, crop, centre, rng)
+    features, image, crop_labels = crop_case(case, start, crop)
+    mask = np.isin(crop_labels, targets[key])
+    if mask.sum() < 8:
+        return None
+    return InteractiveSample(features, image, mask, key)
+
+
+def first_prompts(mask: np.ndarray, cfg: InteractiveTrainConfig, rng: random.Random) -> Prompts:
+    """The first interaction: a click inside, a box around, or a stroke through the structure."""
+    kind = rng.choices(("click", "box", "stroke"), weights=cfg.first)[0]
+    prompts = Prompts()
+    if kind == "click":
+        prompts = prompts.added(interaction.interior_point(mask, VOXEL_MM_ZXY, rng), True)
+    elif kind == "box":
+        prompts = Prompts(box=interaction.jittered_box(mask, VOXEL_MM_ZXY, rng))
+    else:
+        points = stroke_points(interaction.stroke(mask, VOXEL_MM_ZXY, rng))
+        inside = mask[tuple(np.rint(points).astype(int).T)]
+        prompts = prompts.added(points[inside] if inside.any() else points[:1], True)
+    if rng.random() < cfg.exclude_first:
+        outside = _point_just_outside(mask, rng)
+        if outside is not None:
+            prompts = prompts.added(outside, False)
+    return prompts
+
+
+def _point_just_outside(mask: np.ndarray, rng: random.Random, reach: int = 4) -> np.ndarray | None:
+    """A voxel outside the structure within ``reach`` voxels of it (an exclude click on a neighbour)."""
+    from scipy import ndimage as ndi
+
+    ring = ndi.binary_dilation(mask, iterations=reach) & ~mask
+    where = np.flatnonzero(ring)
+    if not where.size:
+        return None
+    return np.array(np.unravel_index(int(where[rng.randrange(where.size)]), mask.shape), dtype=np.float64)
+
+
+def upsample_mask(coarse: torch.Tensor, up: Sequence[int]) -> np.ndarray:
+    """A 6 mm mask ``[z, x, y]`` bool → full resolution by repetition."""
+    out = coarse.cpu().numpy()
+    for axis, u in enumerate(up):
+        out = np.repeat(out, u, axis=axis)
+    return out
+
+
+def simulate(
+    net: InteractiveSegmenter, pixel: torch.Tensor, mask: np.ndarray, prompts: Prompts, rounds: int
+) -> tuple[Prompts, torch.Tensor | None]:
+    """``rounds`` rounds of prediction (no gradient) and a corrective click in the largest error;
+    returns the prompts so far and the last prediction as the current mask (fraction per 6 mm voxel)."""
+    previous = None
+    for _ in range(rounds):
+        with torch.no_grad():
+            maps, sim = net.prompt_input(pixel, prompts, previous)
+            coarse = net.coarse_logits(pixel, maps, sim)[0, 0] > 0
+        click = interaction.corrective_click(mask, upsample_mask(coarse, net.upsample), VOXEL_MM_ZXY)
+        previous = coarse.float()
+        if click is None:
+            break
+        prompts = prompts.added(click[0], click[1])
+    return prompts, previous
+
+
+def _refine_box(mask: np.ndarray, coarse_shape: Sequence[int], size: Sequence[int], up: Sequence[int], rng: random.Random):
+    """A sub-box (full-resolution slices, 6 mm slices) centred on a random voxel of the structure."""
+    where = np.argwhere(mask)
+    centre = where[rng.randrange(len(where))]
+    full, coarse = [], []
+    for axis, (n, s, u) in enumerate(zip(coarse_shape, size, up)):
+        s = min(s, n)
+        c = int(np.clip(centre[axis] // u - s // 2, 0, n - s))
+        coarse.append(slice(c, c + s))
+        full.append(slice(c * u, (c + s) * u))
+    return tuple(full), tuple(coarse)
+
+
+def sample_loss(
+    net: InteractiveSegmenter, sample: InteractiveSample, cfg: InteractiveTrainConfig, rng: random.Random
+) -> tuple[torch.Tensor, dict[str, float]]:
+    pixel = net.pixel_features([f[None] for f in sample.features])
+    prompts = first_prompts(sample.mask, cfg, rng)
+    rounds = rng.randint(0, cfg.max_corrections)
+    prompts, previous = simulate(net, pixel.detach(), sample.mask, prompts, rounds)
+    if rng.random() < cfg.drop_previous:
+        previous = None
+    maps, sim = net.prompt_input(pixel, prompts, previous)
+    coarse = net.coarse_logits(pixel, maps, sim)
+    target = torch.from_numpy(sample.mask.astype(np.float32))[None, None]
+    frac = F.avg_pool3d(target, kernel_size=net.upsample)
+    coarse_loss = F.binary_cross_entropy_with_logits(coarse, frac) + dice_loss(coarse, frac)
+    full, box = _refine_box(sample.mask, coarse.shape[-3:], cfg.refine_zxy, net.upsample, rng)
+    image = net.image_features(sample.image[full][None, None])
+    fine = net.refine(image, coarse[(slice(None), slice(None), *box)], maps[(slice(None), slice(None), *box)])
+    sub = target[(slice(None), slice(None), *full)]
+    fine_loss = F.binary_cross_entropy_with_logits(fine, sub) + dice_loss(fine, sub)
+    return coarse_loss + fine_loss, {"coarse": coarse_loss.item(), "fine": fine_loss.item(), "rounds": float(rounds)}
+
+
+def train_interactive(
+    cases: Sequence[CachedCase], workdir: str | Path, cfg: InteractiveTrainConfig, *,
+    init: dict[str, torch.Tensor] | None = None,
+    progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+) -> tuple[InteractiveSegmenter, dict]:
+    """Train (or resume) the interactive decoder; ``init`` fine-tunes from a model's weights."""
+    started = time.monotonic()
+    vocab = load_vocabulary()
+    targets = [interactive_targets(c, vocab, cfg.held_out) for c in cases]
+    if cfg.structures is not None:
+        targets = [{k: v for k, v in t.items() if k.split("#")[0] in cfg.structures} for t in targets]
+    usable = [i for i, t in enumerate(targets) if t]
+    if not usable:
+        raise InputError("none of the cached CT cases has a labelled structure to train the interactive model on")
+    cases, targets = [cases[i] for i in usable], [targets[i] for i in usable]
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    net = build_interactive_segmenter(cfg.model)
+    if init is not None:
+        net.load_state_dict(init)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    weights = case_weights(cases, targets)
+    history: dict = {"loss": [], "cases": [c.case_id for c in cases], "structures": sorted({k for t in targets for k in t})}
+    step = 0
+    latest = latest_checkpoint(workdir)
+    if latest is not None:
+        state = load_checkpoint(latest)
+        if state.get("cases") != history["cases"]:
+            raise InputError(f"{workdir}: holds a checkpoint of a run on other cases; use a new work directory")
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step, history = int(state["step"]), json.loads(state["history"])
+        rng.setstate(_rng_state(state["rng"]))
+        torch.set_rng_state(state["torch_rng"])
+    trained_before = float(history.get("train_minutes", 0.0))
+    net.train()
+    smooth = None
+    loop_start = time.monotonic()
+    minutes = lambda: trained_before + (time.monotonic() - loop_start) / 60  # noqa: E731
+    while step < cfg.steps:
+        check(cancel)
+        if cfg.max_minutes is not None and minutes() > cfg.max_minutes:
+            break
+        i = rng.choices(range(len(cases)), weights)[0]
+        sample = sample_target(cases[i], targets[i], cfg, rng)
+        if sample is None:
+            continue
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, cfg, minutes())
+        loss, parts = sample_loss(net, sample, cfg, rng)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        step += 1
+        smooth = loss.item() if smooth is None else 0.98 * smooth + 0.02 * loss.item()
+        if step % 25 == 0:
+            history["loss"].append([step, round(smooth, 4), {k: round(v, 4) for k, v in parts.items()}])
+        if step % cfg.checkpoint_every == 0:
+            history["train_minutes"] = round(minutes(), 3)
+            save_checkpoint(checkpoint_path(workdir, step), model=net.state_dict(), optimizer=opt.state_dict(), step=step,
+                            history=json.dumps(history), cases=history["cases"], rng=json.dumps(rng.getstate()),
+                            torch_rng=torch.get_rng_state())
+        report(progress, "training the interactive model", step, cfg.steps, f"loss {smooth:.3f}")
+    history["steps_done"] = step
+    history["train_minutes"] = round(minutes(), 3)
+    history["minutes"] = round((time.monotonic() - started) / 60, 2)
+    return net.eval(), history
+
+
+def ship_interactive(
+    net: InteractiveSegmenter, history: dict, name: str, directory: str | Path | None, *, training_data: dict,
+    metrics: dict | None = None, overwrite: bool = False, encoder_pretrained: bool = True,
+) -> Path:
+    """Save the trained decoder as a model (safetensors + card) named ``name``."""
+    card = ModelCard(
+        name=name, kind=MODEL_KIND,
+        config={
+            "model": net.cfg.to_dict(), "encoder": ct_weights.NAME, "encoder_sha256": ct_weights.JOINED_SHA256,
+            "encoder_init": "pretrained" if encoder_pretrained else f"random (seed {ct_weights.RANDOM_INIT_SEED})",
+        },
+        description=(
+            "Interactive (class-agnostic) 3D segmentation from include/exclude points, strokes, a box and the "
+            "current mask: a decoder trained with simulated clicks on the frozen CT foundation encoder. "
+            + ct_weights.CREDIT
+        ),
+        structures=[], prompts=[],
+        preprocessing={"orientation": "RAS", "spacing_xyz_mm": [1.5, 1.5, 3.0], "hu_range": [-1000, 1000]},
+        training_data=training_data, metrics=metrics or {},
+        extra={"history": {k: v for k, v in history.items() if k != "loss"}, "loss": history.get("loss", [])[-8:],
+               "license": "Apache-2.0 (decoder); encoder MIT (Astra / Merlin)"},
+    )
+    return save_model(net.state_dict(), card, directory, overwrite=overwrite)
+
+
+def train_interactive_from_cases(
+    refs: Sequence, cfg: InteractiveTrainConfig, name: str, workdir: str | Path, *, feature_cache: str | Path | None = None,
+    output_dir: str | Path | None = None, base_model: str | None = None, device: str = "cpu",
+    progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+) -> Path:
+    """What ``medfound train-seg --model interactive`` does: cache the frozen encoder's features of
+    every CT case (resumable, shared with ``--model ct``), train the decoder with simulated
+    interaction (from ``base_model``'s weights when fine-tuning), ship it."""
+    from ..registry import load_model
+    from .ct_features import cache_cases
+
+    started = time.monotonic()
+    ct = [r for r in refs if r.modality == "CT"]
+    if not ct:
+        raise InputError("--model interactive trains on CT cases only, and none of the given cases is a CT")
+    cache_root = Path(feature_cache) if feature_cache else Path(workdir) / "features"
+    cases = cache_cases(ct, cache_root, device=device, progress=progress, cancel=cancel)
+    init = None
+    if base_model:
+        init, base = load_model(base_model)
+        if base.kind != MODEL_KIND:
+            raise InputError(f"--base-model {base_model!r} is a {base.kind!r} model; fine-tuning --model interactive needs an interactive model such as interactive-v1")
+        cfg.model = InteractiveConfig.from_dict(base.config["model"])
+    if cfg.max_minutes is not None:
+        cfg.max_minutes = max(0.0, cfg.max_minutes - (time.monotonic() - started) / 60)
+    net, history = train_interactive(cases, workdir, cfg, init=init, progress=progress, cancel=cancel)
+    history["minutes_with_caching"] = round((time.monotonic() - started) / 60, 2)
+    data = {"cases": [c.case_id for c in cases], "subjects": sorted({c.meta["subject"] for c in cases}), "base_model": base_model,
+            "held_out_classes": list(cfg.held_out), "config": cfg.to_dict()}
+    return ship_interactive(net, history, name, output_dir, training_data=data, overwrite=output_dir is not None)
