@@ -56,6 +56,54 @@ def _group_options() -> dict[str, Any]:
     return {"start_new_session": True}
 
 
+def start_child(command: list[str], workdir: Path, stdout: Path, stderr: Path, env: dict[str, str] | None = None,
+                stdin: Any = subprocess.DEVNULL) -> subprocess.Popen:
+    """Start ``command`` in ``workdir`` as the leader of its own process group (so :func:`kill_tree`
+    reaches everything it starts), its stdout and stderr going to the files ``stdout`` and ``stderr``."""
+    with open(stdout, "wb") as out, open(stderr, "wb") as err:
+        return subprocess.Popen(command, stdin=stdin, stdout=out, stderr=err, cwd=str(workdir), env=env, **_group_options())
+
+
+class LineTail:
+    """The complete lines a child has added to a file since the last call; never blocks."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._offset, self._partial = 0, b""
+
+    def new_lines(self) -> list[bytes]:
+        try:
+            with open(self.path, "rb") as stream:
+                stream.seek(self._offset)
+                chunk = stream.read()
+        except FileNotFoundError:
+            return []
+        self._offset += len(chunk)
+        *lines, self._partial = (self._partial + chunk).split(b"\n")
+        return lines
+
+
+def json_events(lines: list[bytes]) -> list[dict]:
+    """The JSON objects among ``lines`` (the CLI's human-readable lines are skipped)."""
+    events = []
+    for line in lines:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            events.append(event)
+    return events
+
+
+def read_tail(path: Path, limit: int = STDERR_TAIL) -> str:
+    """The last ``limit`` characters of a text file ('' when it does not exist)."""
+    try:
+        return Path(path).read_text(errors="replace")[-limit:]
+    except FileNotFoundError:
+        return ""
+
+
 def kill_tree(process: subprocess.Popen) -> None:
     """Kill ``process`` and everything it started (data loaders, helper processes), then reap it."""
     if process.poll() is None:
@@ -101,7 +149,8 @@ class ProcessJob:
         self.started = self.finished = 0.0
         self.returncode: int | None = None
         self._process: subprocess.Popen | None = None
-        self._offset, self._partial, self._delivered = 0, b"", False
+        self._stdout = LineTail(self.stdout_path)
+        self._delivered = False
 
     @property
     def stdout_path(self) -> Path:
@@ -114,9 +163,7 @@ class ProcessJob:
     def start(self) -> "ProcessJob":
         """Start the child (returns at once); its stdout/stderr go to files in the working folder."""
         self.started = time.perf_counter()
-        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
-            self._process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                             cwd=str(self.workdir), env=self.env, **_group_options())
+        self._process = start_child(self.command, self.workdir, self.stdout_path, self.stderr_path, self.env)
         return self
 
     @property
@@ -142,7 +189,7 @@ class ProcessJob:
         """
         if self.state is JobState.RUNNING and self._process is not None:
             exited = self._process.poll() is not None
-            self._deliver(self._new_lines()[-max_events:])
+            self._deliver(json_events(self._stdout.new_lines()[-max_events:]))
             if exited and self.state is JobState.RUNNING:  # a callback may have cancelled meanwhile
                 self._finish(self._process.returncode)
         if self.finished_state and not self._delivered:
@@ -163,30 +210,13 @@ class ProcessJob:
         return self
 
     # ------------------------------------------------------------------ internals
-    def _new_lines(self) -> list[bytes]:
-        try:
-            with open(self.stdout_path, "rb") as stream:
-                stream.seek(self._offset)
-                chunk = stream.read()
-        except FileNotFoundError:
-            return []
-        self._offset += len(chunk)
-        *lines, self._partial = (self._partial + chunk).split(b"\n")
-        return lines
-
-    def _deliver(self, lines: list[bytes]) -> None:
+    def _deliver(self, events: list[dict]) -> None:
         from medfoundcore.progress import Progress
 
         latest = None
-        for line in lines:
+        for event in events:
             if self.state is not JobState.RUNNING:
                 return  # a callback cancelled the job: nothing after that is delivered
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue  # the CLI's human-readable lines
-            if not isinstance(event, dict):
-                continue
             if "progress" in event:
                 latest = Progress(**event["progress"])
             elif "metrics" in event and self.callbacks.on_metrics:
@@ -195,10 +225,7 @@ class ProcessJob:
             self.callbacks.on_progress(latest)
 
     def _stderr(self) -> str:
-        try:
-            return self.stderr_path.read_text(errors="replace")[-STDERR_TAIL:]
-        except FileNotFoundError:
-            return ""
+        return read_tail(self.stderr_path)
 
     def _finish(self, code: int) -> None:
         self.returncode = code
