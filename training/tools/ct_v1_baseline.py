@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--model", help="score this model and join it with --baseline-json")
     parser.add_argument("--baseline-json", help="a report written by the --train form")
     parser.add_argument("--no-isd", action="store_true", help="with --model: no presence gate (ISD ablation)")
-    parser.add_argument("--presence-gate", choices=["window", "slab"], help="with --model: how the presence gate is applied (ablation)")
+    parser.add_argument("--presence-gate", choices=["window", "slab"], help="with --model: how the presence gate is applied (ablation; segment(presence_gate=...))")
     parser.add_argument("--join", nargs=2, metavar=("MODEL_JSON", "BASELINE_JSON"))
     parser.add_argument("--json", required=True)
     args = parser.parse_args()
@@ -45,9 +45,7 @@ def main() -> None:
         else:
             switches = {"use_isd": False} if args.no_isd else {}
             if args.presence_gate:
-                from medfoundcore.inference import segment_ct
-
-                segment_ct.PRESENCE_GATE = args.presence_gate
+                switches["presence_gate"] = args.presence_gate
             model = heldout_report(held, args.model, args.structures, device="cpu", **switches)
             baseline = json.loads(open(args.baseline_json).read()) if args.baseline_json else None
     out = model if baseline is None else {"model": model, "baseline": baseline, "comparison": compare(model["rows"], baseline["rows"])}

@@ -114,6 +114,7 @@ def segment(
     *,
     batch_size: int | None = None,
     use_isd: bool = True,
+    presence_gate: str = "window",
     region_check: bool = True,
     keep_islands: bool = False,
     best_effort: bool = False,
@@ -128,6 +129,10 @@ def segment(
 
     Raises InputError for an empty/unknown prompt (listing the nearest known names) and Cancelled when
     ``cancel`` fires (nothing is returned or written). ``use_isd=False`` keeps raw masks (ablation).
+    ``presence_gate`` (CT-family models such as ``ct-v1``, :data:`.segment_ct.PRESENCE_GATES`): "window"
+    empties a prompt in a window where no 6 mm slab is judged to hold it, "slab" each such slab (the
+    ablation of docs/ct.md), "none" = ``use_isd=False``; the slice model gates per slice and takes
+    only the default.
     Masks are confined to where the image has content (``preprocess.content_mask``: not padding or air),
     and on axial slices a prompt is dropped where the model sees a structure of a distant body region
     (``region_veto``; ``region_check=False`` turns that off). Small islands of one-piece organs, and
@@ -141,9 +146,11 @@ def segment(
     model = resolve_default(str(model), volume)
     if read_card(model).kind == CT_MODEL_KIND:
         return segment_ct_result(
-            volume, prompts, model, dev, keep_islands=keep_islands, use_isd=use_isd, best_effort=best_effort, force=force,
-            progress=progress, cancel=cancel,
+            volume, prompts, model, dev, keep_islands=keep_islands, use_isd=use_isd, presence_gate=presence_gate,
+            best_effort=best_effort, force=force, progress=progress, cancel=cancel,
         )
+    if presence_gate != "window":
+        raise InputError(f"presence_gate={presence_gate!r} applies to CT models such as ct-v1; model {model!r} gates per slice (use_isd)")
     net, cfg, card = _load(str(model), str(dev))
     vocab = load_vocabulary()
     plan = plan_prompts(prompts, vocab, _known(card), best_effort, f"model {card.name!r}")
