@@ -3,7 +3,10 @@ pretrained encoder, real labels): the loss falls, two prompts give two different
 learns without touching the segmentation path, a run resumes exactly; then the whole-CT inference
 path with that small model on a CT of another patient: any orientation gives the same result,
 window features are computed once and shared, unknown structures are refused, cancel works, and the
-CLI writes on the input grid. (No Dice threshold here: the small model is trained on one patient.)"""
+CLI writes on the input grid; the presence gate is an inference option. Backbone fine-tuning is a
+real run too (3 CLI steps through the encoder's last stages): only those stages change, the model
+carries its encoder and segments another patient with it, a run resumes exactly, and ``auto`` on a
+CPU leaves the backbone alone. (No Dice threshold here: the small model is trained on one patient.)"""
 
 from __future__ import annotations
 
@@ -20,16 +23,22 @@ import SimpleITK as sitk
 
 import medfoundcore
 from medfoundcore.cli import main
+from medfoundcore.data.datasets import find_cases
 from medfoundcore.errors import Cancelled, InputError
 from medfoundcore.inference.windows import FEATURES
-from medfoundcore.io import Volume
+from medfoundcore.io import Volume, save_volume
 from medfoundcore.metrics import dice
 from medfoundcore.preprocess import resample_onto
 from medfoundcore.registry import resolve_default
 from medfoundcore.progress import CancelToken
 from medfoundcore.io import load_volume
+from medfoundcore.models.backbones import ct_weights
 from medfoundcore.models.ct_segmenter import CTSegmenterConfig, build_ct_segmenter
-from medfoundcore.train.ct_segment import CTTrainConfig, sample_crop, ship, sample_loss, structure_values, text_table, train_ct_segmenter
+from medfoundcore.registry import PACKAGED_DIR, load_model
+from medfoundcore.train.ct_segment import (
+    CTTrainConfig, finetune_backbone_on, finetune_encoder, refuse_packaged_dir, sample_crop, ship, sample_loss,
+    structure_values, text_table, train_ct_segmenter,
+)
 from medfoundcore.vocabulary import load_vocabulary
 
 SMALL = CTSegmenterConfig(width=32, image_width=4, refine_width=8)
@@ -200,3 +209,121 @@ def test_fine_tuning_on_a_new_structure_keeps_the_learned_queries_and_adds_one(t
     assert list(tuned.cfg.keys) == [*KEYS, "kidney_left"] and history["keys"] == sorted([*KEYS, "kidney_left"])
     assert torch.allclose(tuned.key_query[:2], net.key_query, atol=1e-6)  # (lr 1e-9: one step moves nothing)
     assert tuned.key_query.shape[0] == 3
+
+
+def test_the_presence_gate_is_an_inference_option(trained, other_patient, one_thread):
+    from medfoundcore.inference import segment_ct
+
+    model = str(trained[-1])
+    run = lambda **option: medfoundcore.segment(other_patient, KEYS, model=model, device="cpu", keep_islands=True, **option)  # noqa: E731
+    for gate in ("window", "slab"):
+        assert run(presence_gate=gate).labels.shape == other_patient.shape
+    assert np.array_equal(run(presence_gate="none").labels.array, run(use_isd=False).labels.array)
+    with pytest.raises(InputError, match="window, slab, none"):
+        run(presence_gate="per-voxel")
+    with pytest.raises(InputError, match="CT models"):  # the slice model gates per slice: no silent no-op
+        medfoundcore.segment(other_patient, ["liver"], model="starter-v2", device="cpu", presence_gate="slab")
+    assert not hasattr(segment_ct, "PRESENCE_GATE")  # no module constant for a tool to mutate
+
+
+# ------------------------------------------------------------------ backbone fine-tuning (real runs, CPU)
+@pytest.fixture(scope="module")
+def crop_files(cached_crop, shared_data, tmp_path_factory):
+    """The cached crop's case as files (the CLI takes files), named by the cache's case id and with
+    conftest's box, so ``--feature-cache`` finds it cached and nothing is encoded again."""
+    (case,) = cached_crop
+    (ref,) = find_cases([shared_data / "totalsegmentator" / "ts_ct_full_img.nii.gz"])
+    box = (slice(72, 112), slice(None), slice(None))
+    folder = tmp_path_factory.mktemp("crop-files")
+    save_volume(load_volume(ref.image_path).crop(box), folder / f"{case.case_id}_img.nii.gz")
+    save_volume(load_volume(ref.label_path, label=True).crop(box), folder / f"{case.case_id}_lab.nii.gz")
+    (folder / f"{case.case_id}_labels.json").write_text(ref.label_path.with_name("ts_ct_full_labels.json").read_text())
+    return folder / f"{case.case_id}_img.nii.gz", case.directory.parent
+
+
+def _train_seg_ct(crop_files, root, *options: str):
+    image, cache = crop_files
+    out = root / "model"
+    args = ["train-seg", str(image), "--model", "ct", "--feature-cache", str(cache), "--out-name", "ct-ft-test",
+            "--work-dir", str(root / "run"), "--output-dir", str(out), "--structures", *KEYS, "--device", "cpu", "--quiet", *options]
+    assert main(args) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def finetuned(trained, crop_files, tmp_path_factory):
+    """3 real steps of ``train-seg --model ct --finetune-backbone on`` from the small trained model,
+    on the default crop (32 × 128 × 128 voxels through the encoder, layer3 and layer4 trained)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = _train_seg_ct(crop_files, tmp_path_factory.mktemp("finetune"), "--finetune-backbone", "on", "--steps", "3",
+                        "--base-model", str(trained[-1]), "--checkpoint-every", "1000")
+    torch.set_num_threads(before)
+    return out
+
+
+def test_backbone_finetuning_trains_the_last_stages_only(finetuned):
+    state, card = load_model(finetuned)  # (sha256-checked, as every model)
+    _, encoder = ct_weights.split_encoder_state(state)
+    assert card.config["encoder_init"] == f"fine-tuned from {ct_weights.JOINED_SHA256}"
+    assert card.config["encoder_trained_stages"] == ["layer3", "layer4"]
+    pretrained = {k: v.float() if v.is_floating_point() else v for k, v in ct_weights.load_state_dict().items()}
+    assert encoder.keys() == pretrained.keys()
+    trained_keys = [k for k in encoder if k.startswith(("layer3.", "layer4.")) and k.endswith((".weight", ".bias"))]
+    unchanged = [k for k in encoder if k not in trained_keys]  # conv1..layer2, and every BatchNorm statistic (eval mode)
+    assert all(torch.equal(encoder[k], pretrained[k]) for k in unchanged)
+    changed = [k for k in trained_keys if not torch.equal(encoder[k], pretrained[k])]
+    assert len(changed) > 0.9 * len(trained_keys), f"{len(changed)} of {len(trained_keys)} trained tensors changed"
+    assert 200e6 < (finetuned / "model.safetensors").stat().st_size < 260e6
+
+
+def test_a_finetuned_model_segments_another_patient_with_its_own_encoder(finetuned, other_patient, one_thread):
+    from medfoundcore.inference.segment_ct import load_ct_model
+
+    result = medfoundcore.segment(other_patient, ["liver"], model=str(finetuned), device="cpu")
+    assert result.model == "ct-ft-test" and result.labels.shape == other_patient.shape
+    assert np.allclose(result.labels.affine_ras, other_patient.affine_ras)
+    loaded = load_ct_model(str(finetuned), "cpu")
+    assert loaded.encoder is not ct_weights.shared_encoder("cpu", True)
+    shipped = load_model(finetuned)[0][ct_weights.ENCODER_PREFIX + "layer4.2.conv3.weight"]
+    assert torch.equal(loaded.encoder.layer4[2].conv3.weight, shipped)
+
+
+def test_backbone_finetuning_resumes_exactly(cached_crop, tmp_path, one_thread):
+    """Cancelled after step 1, resumed to step 2 == 2 steps in one go, decoder and encoder alike (layer4
+    only and a small crop: each checkpoint carries 29 M encoder weights and their Adam state)."""
+    cfg = CTTrainConfig(steps=2, model=SMALL, checkpoint_every=1, crop_zxy=(8, 16, 16), encoder_train_from=4)
+    token = CancelToken()
+
+    def stop_at_one(p):
+        if p.done == 1:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        train_ct_segmenter(cached_crop, tmp_path / "a", cfg, encoder=finetune_encoder(train_from=4), progress=stop_at_one, cancel=token)
+    resumed_encoder, straight_encoder = finetune_encoder(train_from=4), finetune_encoder(train_from=4)
+    resumed, history = train_ct_segmenter(cached_crop, tmp_path / "a", cfg, encoder=resumed_encoder)
+    straight, _ = train_ct_segmenter(cached_crop, tmp_path / "b", cfg, encoder=straight_encoder)
+    assert history["steps_done"] == 2 and history["encoder_trained_stages"] == ["layer4"]
+    for (name, a), b in zip(resumed.state_dict().items(), straight.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    for (name, a), b in zip(resumed_encoder.state_dict().items(), straight_encoder.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    assert not torch.equal(straight_encoder.layer4[0].conv1.weight, finetune_encoder(train_from=4).layer4[0].conv1.weight)
+    with pytest.raises(InputError, match="with backbone fine-tuning"):  # its checkpoints need the encoder back
+        train_ct_segmenter(cached_crop, tmp_path / "a", replace(cfg, steps=3))
+
+
+def test_auto_finetunes_the_backbone_only_on_cuda(crop_files, tmp_path, one_thread):
+    assert finetune_backbone_on("auto", "cuda") and finetune_backbone_on("on", "cpu")
+    assert not finetune_backbone_on("auto", "cpu") and not finetune_backbone_on("off", "cuda")
+    out = _train_seg_ct(crop_files, tmp_path, "--steps", "1")  # --finetune-backbone left at auto, on a CPU
+    state, card = load_model(out)
+    assert card.config["encoder_init"] == "pretrained"
+    assert not any(k.startswith(ct_weights.ENCODER_PREFIX) for k in state)
+
+
+def test_a_finetuned_encoder_never_goes_into_the_package():
+    with pytest.raises(InputError, match="user's model store"):
+        refuse_packaged_dir(PACKAGED_DIR / "my-ct")
+    refuse_packaged_dir(None)  # the user store is fine
