@@ -11,6 +11,7 @@ CPU leaves the backbone alone. (No Dice threshold here: the small model is train
 from __future__ import annotations
 
 import random
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -312,6 +313,9 @@ def test_backbone_finetuning_resumes_exactly(cached_crop, tmp_path, one_thread):
     assert not torch.equal(straight_encoder.layer4[0].conv1.weight, finetune_encoder(train_from=4).layer4[0].conv1.weight)
     with pytest.raises(InputError, match="with backbone fine-tuning"):  # its checkpoints need the encoder back
         train_ct_segmenter(cached_crop, tmp_path / "a", replace(cfg, steps=3))
+    assert len(list((tmp_path / "b").glob("step-*.pt"))) == 2
+    for run in ("a", "b"):  # ~350 MB each: not left in the temp folders pytest keeps
+        shutil.rmtree(tmp_path / run)
 
 
 def test_auto_finetunes_the_backbone_only_on_cuda(crop_files, tmp_path, one_thread):
