@@ -18,6 +18,7 @@ structure. Structures are split into classes the model was trained on and classe
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import multiprocessing as mp
 import resource
@@ -40,9 +41,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS, help="quality: which methods to run (default: all)")
     parser.add_argument("--structures", nargs="+", default=None, help="quality: only these vocabulary keys")
     parser.add_argument("--min-ml", type=float, default=1.0, help="quality: skip structures smaller than this in the case (default %(default)s)")
+    parser.add_argument("--join", nargs="+", metavar="REPORT", help="merge --heldout reports (arms run in separate processes) and print their tables")
 
 
 def run(args: argparse.Namespace) -> dict:
+    if args.join:
+        report = joined([json.loads(Path(p).read_text()) for p in args.join])
+        print(format_quality(report), file=sys.stderr)
+        return report
     if args.heldout:
         from ..data.datasets import find_cases
 
@@ -269,6 +275,16 @@ def _means(rows: list[dict], marks: list[int]) -> dict:
         if have:
             out[arm] = round(float(np.mean(have)), 3)
     return out
+
+
+def joined(reports: list[dict]) -> dict:
+    """Several reports on the same cases (e.g. the slow intensity arm run beside the others) as one:
+    the arms of each (case, structure) pair merged, pairs not in every report left out."""
+    keyed = [{(r["case"], r["name"]): r for r in report["rows"]} for report in reports]
+    shared = sorted(set.intersection(*(set(k) for k in keyed)))
+    rows = [{k: v for rows in keyed for k, v in rows[pair].items()} for pair in shared]
+    clicks = min(report["clicks"] for report in reports)
+    return {"benchmark": NAME, "model": reports[0]["model"], "clicks": clicks, "rows": rows, "summary": summarize(rows, clicks)}
 
 
 def format_quality(report: dict) -> str:

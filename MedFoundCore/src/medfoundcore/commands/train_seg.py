@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("data", nargs="+", help="dataset folders or *_img.nii.gz files")
     parser.add_argument(
         "--model", default="text2d", choices=["text2d", "ct", "interactive"],
-        help="text2d: the BiomedParse-V slice model (CT and MRI); ct: the ct-v1 decoder on the frozen pretrained CT encoder (CT cases only); "
+        help="text2d: the BiomedParse-V slice model (CT and MRI); ct: the ct-v1 decoder on the pretrained CT encoder (frozen, or its last stages fine-tuned too: --finetune-backbone; CT cases only); "
         "interactive: the click/box/stroke model on the same encoder, trained with simulated interaction (CT cases only)",
     )
     parser.add_argument("--feature-cache", help="with --model ct or interactive: folder of cached encoder features (default: WORK_DIR/features; reused across runs)")

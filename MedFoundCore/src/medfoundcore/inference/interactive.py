@@ -315,7 +315,7 @@ def _grown(lo: np.ndarray, hi: np.ndarray, faces: list[tuple[int, int]], shape: 
             lo[axis] = max(0, lo[axis] - MARGIN)
         else:
             hi[axis] = min(shape[axis], hi[axis] + MARGIN)
-    return _fitted(lo, hi, shape) if np.any(hi - lo < MIN_REGION) else (lo, hi)
+    return _fitted(lo, hi, shape)
 
 
 def _probable_box(prob: torch.Tensor, margin: int = 1) -> tuple[slice, ...] | None:
