@@ -23,9 +23,11 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+from MedFoundSlicerLib import interactive
 from MedFoundSlicerLib.install import STEPS, InstallCancelled, dependency_status, install_dependencies
+from MedFoundSlicerLib.interactive_server import INTENSITY_MODEL, LEARNED_MODEL
 from MedFoundSlicerLib.jobs import JobCallbacks, JobState
-from MedFoundSlicerLib.logic import CLICK_KINDS, DEVICE_CHOICES, SEGMENT_KINDS, MedFoundLogic
+from MedFoundSlicerLib.logic import DEVICE_CHOICES, INTERACTIVE_KINDS, SEGMENT_KINDS, MedFoundLogic
 
 try:  # Qt and CTK exist inside Slicer; headless slicer-core runs only the Logic and the Test scenarios.
     import ctk
@@ -47,9 +49,10 @@ class MedFoundSlicer(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["MedFound developers"]
         self.parent.helpText = _(
-            "Segment CT and MRI volumes by naming structures (one per line), or from include/exclude "
-            "points; fine-tune models on your own segmentations and manage installed models. "
-            "Segmenting, points and training run in a separate process: Slicer stays responsive, and every job can be cancelled."
+            "Segment CT and MRI volumes by naming structures (one per line), or interactively: mark a structure "
+            "with include and exclude points, a box or strokes and the segment updates after each mark; fine-tune "
+            "models on your own segmentations and manage installed models. "
+            "Segmenting, interactive work and training run in a separate process: Slicer stays responsive, and every job can be cancelled."
         )
         self.parent.acknowledgementText = _(
             "MedFound implements ideas from BiomedParse-V (fractal volumetric encoding, image-level structure "
@@ -74,14 +77,22 @@ class MedFoundSlicerLogic(ScriptedLoadableModuleLogic, MedFoundLogic):
 # Widget
 #
 class MedFoundSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The four panels: Segment, Points, Train and Models, and one Advanced section (device)."""
+    """The four panels: Segment, Interactive, Train and Models, and one Advanced section (device)."""
 
     POLL_INTERVAL_MS = 50
     FROM_SCRATCH = _("(train from scratch)")
-    INTENSITY_ONLY = _("(no model: intensity only)")
+    LEARNED_INTERACTIVE = _("Learned model (points, box, strokes)")  # the core's "default" interactive model
+    INTENSITY_ONLY = _("Intensity only, no learning (points only)")
     AUTOMATIC_MODEL = _("Automatic (chosen for the image)")  # the core's "default": per modality (CT or MRI)
-    CLICK_DEBOUNCE_MS = 400
-    MARKUP_EVENTS = ("PointEndInteractionEvent", "PointPositionDefinedEvent", "PointRemovedEvent")
+    LOADING_TEXT = _("Loading the interactive model (a few seconds, once per volume)...")
+    UPDATING_TEXT = _("Updating the segment...")
+    # Keyboard shortcuts of the Interactive panel, active while the module is shown. None of them is one of
+    # Slicer's own (b/f slices, g/t/v/r views, s snaps a markup point, 0-9/q/w/i/z/y in the Segment Editor).
+    SHORTCUTS = {"includePointButton": "A", "excludePointButton": "X", "boxButton": "Shift+B",
+                 "includeStrokeButton": "L", "excludeStrokeButton": "Shift+L", "undoButton": "U", "newSegmentButton": "N"}
+    TOOL_BUTTONS = {interactive.INCLUDE: "includePointButton", interactive.EXCLUDE: "excludePointButton",
+                    interactive.BOX: "boxButton", interactive.STROKE_INCLUDE: "includeStrokeButton",
+                    interactive.STROKE_EXCLUDE: "excludeStrokeButton"}
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -92,8 +103,8 @@ class MedFoundSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._jobKind = ""
         self._jobContext = {}
         self._pairs = []
-        self._clickSegmentId = ""
-        self._observedMarkups = []
+        self._interactive = None
+        self._shortcuts = []
         self._metricsTable = None
         self._metricsChart = None
 
@@ -105,35 +116,21 @@ class MedFoundSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         for selector in (self.ui.inputVolumeSelector, self.ui.outputSegmentationSelector, self.ui.clickVolumeSelector,
-                         self.ui.clickOutputSelector, self.ui.trainVolumeSelector, self.ui.trainSegmentationSelector,
-                         self.ui.positivePointsWidget, self.ui.negativePointsWidget):
+                         self.ui.clickOutputSelector, self.ui.trainVolumeSelector, self.ui.trainSegmentationSelector):
             selector.setMRMLScene(slicer.mrmlScene)
         self.logic = MedFoundSlicerLogic()
 
         self._pollTimer = qt.QTimer()
         self._pollTimer.setInterval(self.POLL_INTERVAL_MS)
         self._pollTimer.connect("timeout()", self._poll)
-        self._clickTimer = qt.QTimer()
-        self._clickTimer.setSingleShot(True)
-        self._clickTimer.setInterval(self.CLICK_DEBOUNCE_MS)
-        self._clickTimer.connect("timeout()", lambda: self.onClickApply(automatic=True))
 
-        self._setupMarkupsWidgets()
+        self._setupInteractive()
         self._connectSignals()
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndImport)
         self.ui.folderWidget.setVisible(False)
         self.ui.trainFolderPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs
         self._refreshDependencyState()
-
-    def _setupMarkupsWidgets(self) -> None:
-        for widget, baseName, color in ((self.ui.positivePointsWidget, "include", (0.2, 0.9, 0.2)),
-                                        (self.ui.negativePointsWidget, "exclude", (0.9, 0.2, 0.2))):
-            widget.markupsSelectorComboBox().nodeTypes = ["vtkMRMLMarkupsFiducialNode"]
-            widget.markupsSelectorComboBox().baseName = baseName
-            widget.markupsSelectorComboBox().noneEnabled = True
-            widget.defaultNodeColor = qt.QColor.fromRgbF(*color)
-            widget.connect("markupsNodeChanged()", self._observeMarkups)
 
     def _connectSignals(self) -> None:
         ui = self.ui
@@ -142,9 +139,6 @@ class MedFoundSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ui.addPromptButton.connect("clicked()", self.onAddPrompt)
         ui.deviceComboBox.connect("currentIndexChanged(int)", lambda _index: self._updateDeviceWarning())
         ui.applyButton.connect("clicked()", self.onSegmentApply)
-        ui.clickApplyButton.connect("clicked()", lambda: self.onClickApply(automatic=False))
-        ui.clickVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", lambda _node: self._resetClickTarget())
-        ui.clickOutputSelector.connect("currentNodeChanged(vtkMRMLNode*)", lambda _node: self._resetClickTarget())
         ui.sceneSourceRadioButton.connect("toggled(bool)", self._onTrainSourceChanged)
         ui.addPairButton.connect("clicked()", self.onAddPair)
         ui.removePairButton.connect("clicked()", self.onRemovePair)
@@ -156,12 +150,24 @@ class MedFoundSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ui.refreshModelsButton.connect("clicked()", self.refreshModels)
 
     def cleanup(self) -> None:
-        """Called when the application closes: stop the worker and observers."""
+        """Called when the application closes: stop the worker, the interactive process and observers."""
         if self._job is not None:
             self._job.cancel()
+        if self._interactive is not None:
+            self._interactive.close()
+        self._removeShortcuts()
         self._pollTimer.stop()
-        self._clickTimer.stop()
         self.removeObservers()
+
+    def enter(self) -> None:
+        """The module is shown: its keyboard shortcuts become active."""
+        self._installShortcuts()
+
+    def exit(self) -> None:
+        """Another module is shown: no shortcuts, no placing (the interactive process stays, for coming back)."""
+        self._removeShortcuts()
+        if self._interactive is not None:
+            self._interactive.stopPlacing()
 
     def onSceneEndImport(self, _caller, _event) -> None:
         """A scene was opened: show the choices saved in its parameter node (once the panels are ready)."""
@@ -171,8 +177,9 @@ class MedFoundSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, _caller, _event) -> None:
         if self._job is not None:
             self._job.cancel()
+        if self._interactive is not None:
+            self._interactive.close()  # the process quits; the prompts and history go with the scene
         self._pairs = []
-        self._clickSegmentId = ""
         self._metricsTable = self._metricsChart = None
 
     # ---------------------------------------------------------------- dependencies
@@ -290,16 +297,17 @@ class MedFoundSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Fill every model selector and the Models table from the registry (called after train/import/delete)."""
         models = self.logic.models()
         for combo, kinds in ((self.ui.modelComboBox, SEGMENT_KINDS), (self.ui.baseModelComboBox, SEGMENT_KINDS),
-                             (self.ui.clickModelComboBox, CLICK_KINDS)):
+                             (self.ui.clickModelComboBox, INTERACTIVE_KINDS)):
             current = combo.currentText
             combo.clear()
-            for model in (m for m in models if m.kind in kinds):
+            for model in (m for m in models if m.kind in kinds and m.name != "interactive-v1"):  # that one is "Learned model"
                 combo.addItem(model.name)
             if combo is self.ui.modelComboBox:
                 combo.insertItem(0, self.AUTOMATIC_MODEL)
             if combo is self.ui.baseModelComboBox:
                 combo.addItem(self.FROM_SCRATCH)
             if combo is self.ui.clickModelComboBox:
+                combo.insertItem(0, self.LEARNED_INTERACTIVE)
                 combo.addItem(self.INTENSITY_ONLY)
             combo.setCurrentIndex(max(0, combo.findText(current)))
         table = self.ui.modelsTable
@@ -340,18 +348,18 @@ class MedFoundSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return True
 
     def _setOtherPanelsEnabled(self, kind: str, enabled: bool) -> None:
-        for buttonKind, button in (("segment", self.ui.applyButton), ("click", self.ui.clickApplyButton),
-                                   ("train", self.ui.trainButton)):
+        for buttonKind, button in (("segment", self.ui.applyButton), ("train", self.ui.trainButton)):
             if buttonKind != kind:
                 button.setEnabled(enabled)
         self.ui.deleteModelButton.setEnabled(enabled)
         self.ui.importModelButton.setEnabled(enabled)
 
     def _poll(self) -> None:
-        for job in (self._warmJob, self._job):
+        for job in (self._warmJob, self._job, self._interactive):
             if job is not None:
                 job.poll()
-        if self._warmJob is None and self._job is None:
+        session = self._interactive
+        if self._warmJob is None and self._job is None and (session is None or (session.engine is None and not session.busy)):
             self._pollTimer.stop()
 
     def _onProgress(self, progress, progressBar, statusLabel) -> None:
@@ -377,13 +385,10 @@ class MedFoundSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         elif job.state is JobState.FAILED:
             label.text = job.error
             logging.error("MedFound %s failed: %s\n%s", kind, job.error, job.details)
-            if not context.get("automatic"):
-                slicer.util.errorDisplay(job.error, windowTitle=_("MedFound"), detailedText=job.details or None)
+            slicer.util.errorDisplay(job.error, windowTitle=_("MedFound"), detailedText=job.details or None)
         else:
             with slicer.util.tryWithErrorDisplay(_("Could not add the result to the scene."), waitCursor=True):
-                {"segment": self._finishSegment, "click": self._finishClick, "train": self._finishTrain}[kind](job, context)
-        if context.get("rerun"):
-            self._clickTimer.start()
+                {"segment": self._finishSegment, "train": self._finishTrain}[kind](job, context)
 
     # ---------------------------------------------------------------- Segment panel
     def onAddPrompt(self) -> None:
@@ -472,59 +477,179 @@ class MedFoundSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     item.setForeground(qt.QBrush(qt.QColor("gray")))
                 table.setItem(row, column, item)
 
-    # ---------------------------------------------------------------- Points panel
-    def _observeMarkups(self) -> None:
-        for node, tag in self._observedMarkups:
-            node.RemoveObserver(tag)
-        self._observedMarkups = []
-        for widget in (self.ui.positivePointsWidget, self.ui.negativePointsWidget):
-            node = widget.currentNode()
-            if node is None:
-                continue
-            for event in self.MARKUP_EVENTS:
-                tag = node.AddObserver(getattr(node, event), self._onPointsChanged)
-                self._observedMarkups.append((node, tag))
+    # ---------------------------------------------------------------- Interactive panel
+    def _setupInteractive(self) -> None:
+        """The Interactive panel's session (MedFoundSlicerLib.interactive) and its buttons."""
+        callbacks = interactive.InteractiveCallbacks(
+            on_marks_changed=self._pollTimer.start, on_state=self._onInteractiveState, on_progress=self._onInteractiveProgress,
+            on_updated=self._onInteractiveUpdated, on_error=self._onInteractiveError, on_failed=self._onInteractiveFailed)
+        self._interactive = self.logic.interactiveSegmentation(callbacks)
+        ui = self.ui
+        for tool, name in self.TOOL_BUTTONS.items():
+            getattr(ui, name).connect("clicked()", lambda tool=tool: self.onToolClicked(tool))
+        ui.undoButton.connect("clicked()", self.onUndo)
+        ui.newSegmentButton.connect("clicked()", self.onNewSegment)
+        ui.resetSegmentButton.connect("clicked()", self.onResetSegment)
+        ui.stopButton.connect("clicked()", self.onStopInteractive)
+        ui.clickVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._onInteractiveVolumeChanged)
+        ui.clickOutputSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._onInteractiveOutputChanged)
+        ui.clickModelComboBox.connect("currentIndexChanged(int)", lambda _index: self._applyInteractiveModel())
+        ui.deviceComboBox.connect("currentIndexChanged(int)", lambda _index: self._applyInteractiveModel())
+        interactionNode = self._interactionNode()
+        if interactionNode is not None:
+            self.addObserver(interactionNode, interactionNode.InteractionModeChangedEvent, self._onInteractionModeChanged)
+        ui.clickProgressBar.setVisible(False)
+        self._refreshInteractiveButtons()
 
-    def _onPointsChanged(self, _caller, _event) -> None:
-        if self.ui.autoUpdateCheckBox.checked and self.ui.clickVolumeSelector.currentNode() is not None:
-            self._clickTimer.start()  # debounce: one run after the user stops moving points
+    @staticmethod
+    def _interactionNode():
+        logic = slicer.app.applicationLogic() if hasattr(slicer.app, "applicationLogic") else None
+        return logic.GetInteractionNode() if logic is not None else None
 
-    def _resetClickTarget(self) -> None:
-        self._clickSegmentId = ""
-
-    def onClickApply(self, automatic: bool = False) -> None:
-        if self._jobKind == "click":
-            self._job.cancel()
-            self._jobContext["rerun"] = automatic  # a newer point set: run again once this one stops
+    def _installShortcuts(self) -> None:
+        if self._shortcuts:
             return
-        if self._job is not None:
-            return  # another panel's job runs; the user can re-run once it is done
-        volumeNode = self.ui.clickVolumeSelector.currentNode()
-        positive = self.ui.positivePointsWidget.currentNode()
-        if volumeNode is None or positive is None or positive.GetNumberOfControlPoints() == 0:
-            if not automatic:
-                slicer.util.errorDisplay(_("Select a volume and place at least one include point."))
+        parent = slicer.util.mainWindow() or self.parent
+        for name, keys in self.SHORTCUTS.items():
+            shortcut = qt.QShortcut(qt.QKeySequence(keys), parent)
+            shortcut.connect("activated()", getattr(self.ui, name).click)  # a disabled button ignores it
+            self._shortcuts.append(shortcut)
+
+    def _removeShortcuts(self) -> None:
+        for shortcut in self._shortcuts:
+            shortcut.setParent(None)
+            shortcut.deleteLater()
+        self._shortcuts = []
+
+    def _interactiveModel(self) -> str:
+        """The Advanced model choice as the CLI names it: "default" (learned), "intensity" or a model's name."""
+        text = self.ui.clickModelComboBox.currentText
+        if text in ("", self.LEARNED_INTERACTIVE):
+            return LEARNED_MODEL
+        return INTENSITY_MODEL if text == self.INTENSITY_ONLY else text
+
+    def _applyInteractiveModel(self) -> None:
+        if self._interactive is None:
             return
-        negative = self.ui.negativePointsWidget.currentNode()
-        model = self.ui.clickModelComboBox.currentText
-        model = None if model == self.INTENSITY_ONLY else (model or "encoder-v1")
+        self._interactive.setModel(self._interactiveModel(), self._deviceChoice(self.ui.deviceComboBox))
+        if self._interactive.pointsOnly:
+            self._interactive.stopPlacing()  # a box or stroke being drawn: the intensity engine cannot use it
+        self._refreshInteractiveButtons()
 
-        def start(callbacks):
-            return self.logic.startClick(volumeNode, positive, negative, model,
-                                         self._deviceChoice(self.ui.deviceComboBox), callbacks)
+    def _onInteractiveVolumeChanged(self, volumeNode) -> None:
+        self._interactive.setVolume(volumeNode)
+        self.ui.clickStatusLabel.text = ""
+        self._refreshInteractiveButtons()
 
-        self._startJob("click", start, self.ui.clickApplyButton, self.ui.clickProgressBar, self.ui.clickStatusLabel,
-                       _("Cancel"), volumeNode=volumeNode, automatic=automatic)
+    def _onInteractiveOutputChanged(self, segmentationNode) -> None:
+        self._interactive.setOutput(segmentationNode)
+        self._refreshInteractiveButtons()
 
-    def _finishClick(self, job, context) -> None:
-        segmentationNode, self._clickSegmentId = self.logic.applyClick(
-            job.result, context["volumeNode"], self.ui.clickOutputSelector.currentNode(), self._clickSegmentId)
-        segmentId = self._clickSegmentId
-        wasBlocked = self.ui.clickOutputSelector.blockSignals(True)
-        self.ui.clickOutputSelector.setCurrentNode(segmentationNode)
-        self.ui.clickOutputSelector.blockSignals(wasBlocked)
-        self._clickSegmentId = segmentId
-        self.ui.clickStatusLabel.text = _("Updated in {seconds:.1f} s.").format(seconds=time.perf_counter() - context["started"])
+    def onToolClicked(self, tool: str) -> None:
+        """A tool button: place that kind of mark in the slice views (a second click stops placing)."""
+        button = getattr(self.ui, self.TOOL_BUTTONS[tool])
+        if button.checked:
+            volumeNode = self.ui.clickVolumeSelector.currentNode()
+            if volumeNode is None:
+                button.checked = False
+                slicer.util.errorDisplay(_("Select the volume to segment first."), windowTitle=_("MedFound"))
+                return
+            self._interactive.setVolume(volumeNode)
+            self._applyInteractiveModel()
+            if self._interactive.startPlacing(tool) is None:
+                logging.warning("MedFound: no interaction node in the scene; marks cannot be placed with the mouse")
+            with slicer.util.tryWithErrorDisplay(_("Could not start the interactive segmentation."), waitCursor=False):
+                self._interactive.prepare()  # the model loads while the first mark is placed
+            self._pollTimer.start()
+        else:
+            self._interactive.stopPlacing()
+        self._refreshInteractiveButtons()
+
+    def _onInteractionModeChanged(self, _caller=None, _event=None) -> None:
+        self._refreshInteractiveButtons()  # placing ended (right-click, Esc, another module): the button follows
+
+    def onUndo(self) -> None:
+        if self._interactive.undo():
+            self.ui.clickStatusLabel.text = _("Undone: the segment and the marks are as before the last update.")
+        self._refreshInteractiveButtons()
+
+    def onNewSegment(self) -> None:
+        self._interactive.newSegment()
+        self.ui.clickStatusLabel.text = _("New segment: the next mark starts it (the previous segment stays as it is).")
+        self._refreshInteractiveButtons()
+
+    def onResetSegment(self) -> None:
+        self._interactive.reset()
+        self.ui.clickStatusLabel.text = _("The marks were removed and the segment emptied (Undo brings them back).")
+        self._refreshInteractiveButtons()
+
+    def onStopInteractive(self) -> None:
+        self._interactive.stop()
+
+    def _refreshInteractiveButtons(self) -> None:
+        ui, session = self.ui, self._interactive
+        if session is None:
+            return
+        hasVolume = ui.clickVolumeSelector.currentNode() is not None
+        placing = session.placingTool()
+        for tool, name in self.TOOL_BUTTONS.items():
+            button = getattr(ui, name)
+            button.setEnabled(hasVolume and (tool in interactive.POINT_TOOLS or not session.pointsOnly))
+            button.checked = tool == placing
+        ui.undoButton.setEnabled(session.canUndo)
+        ui.newSegmentButton.setEnabled(hasVolume)
+        ui.resetSegmentButton.setEnabled(hasVolume)
+        ui.stopButton.setEnabled(session.computing)
+
+    def _onInteractiveState(self, state: str) -> None:
+        ui = self.ui
+        if state in (interactive.STARTING, interactive.COMPUTING):
+            ui.clickProgressBar.setRange(0, 0)
+            ui.clickProgressBar.setVisible(True)
+            ui.clickStatusLabel.text = self.LOADING_TEXT if state == interactive.STARTING else self.UPDATING_TEXT
+            self._pollTimer.start()
+        else:
+            ui.clickProgressBar.setVisible(False)
+        if state == interactive.STOPPED:
+            ui.clickStatusLabel.text = _("Stopped; the segment was not changed. The next mark starts the computation again.")
+        elif state == interactive.NEEDS_INCLUDE:
+            ui.clickStatusLabel.text = _("Place an include point, a box or a stroke first: exclude marks only say "
+                                         "what is not part of the structure.")
+        elif state == interactive.READY and ui.clickStatusLabel.text in (self.LOADING_TEXT, self.UPDATING_TEXT, ""):
+            ui.clickStatusLabel.text = _("Ready: mark the structure in a slice view.")
+        self._refreshInteractiveButtons()
+
+    def _onInteractiveProgress(self, progress) -> None:
+        bar = self.ui.clickProgressBar
+        if progress.total:
+            bar.setRange(0, int(progress.total))
+            bar.setValue(int(progress.done))
+        if progress.message and (not progress.total or progress.done < progress.total):
+            self.ui.clickStatusLabel.text = progress.message[:1].upper() + progress.message[1:] + "..."
+
+    def _onInteractiveUpdated(self, update) -> None:
+        ui = self.ui
+        wasBlocked = ui.clickOutputSelector.blockSignals(True)
+        ui.clickOutputSelector.setCurrentNode(update.segmentationNode)
+        ui.clickOutputSelector.blockSignals(wasBlocked)
+        self._interactive.setOutput(update.segmentationNode)
+        if update.voxels == 0:
+            ui.clickStatusLabel.text = _("Nothing was found there; {name} is empty. Place the point inside the structure.").format(
+                name=update.name)
+        else:
+            ui.clickStatusLabel.text = _("Updated in {seconds:.1f} s: {name}, {volume:.1f} ml.").format(
+                seconds=update.elapsed, name=update.name, volume=update.volume_ml)
+        self._refreshInteractiveButtons()
+
+    def _onInteractiveError(self, message: str) -> None:
+        self.ui.clickStatusLabel.text = _("Could not update the segment: {reason}").format(reason=message)
+        logging.warning("MedFound interactive: %s", message)
+
+    def _onInteractiveFailed(self, message: str, details: str) -> None:
+        self.ui.clickStatusLabel.text = message
+        logging.error("MedFound interactive computation failed: %s\n%s", message, details)
+        slicer.util.errorDisplay(message, windowTitle=_("MedFound"), detailedText=details or None)
+        self._refreshInteractiveButtons()
 
     # ---------------------------------------------------------------- Train panel
     def _onTrainSourceChanged(self, fromScene: bool) -> None:

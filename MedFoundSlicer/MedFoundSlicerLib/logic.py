@@ -24,12 +24,11 @@ from .jobs import Job, JobCallbacks, JobState
 from .process import ProcessJob, medfound_command
 
 SEGMENT_KINDS = ("prompted-segmenter",)
-CLICK_KINDS = ("encoder3d",)
-KIND_LABELS = {"prompted-segmenter": "Structure names", "encoder3d": "Points"}
+INTERACTIVE_KINDS = ("ct-interactive-segmenter",)
+KIND_LABELS = {"prompted-segmenter": "Structure names", "ct-text-segmenter": "Structure names (CT)",
+               "encoder3d": "Points (image features)", "ct-interactive-segmenter": "Points, boxes and strokes"}
 DEVICE_CHOICES = {"Auto": "auto", "GPU (CUDA)": "cuda", "CPU": "cpu"}
 LOW_VRAM_GIB = 4.0
-ZERO_SHOT_SEGMENT = "MedFound from points"
-ZERO_SHOT_COLOR = (0.95, 0.75, 0.1)
 
 
 @dataclass(frozen=True)
@@ -113,7 +112,7 @@ def _training_summary(data) -> str:
 MODULE_NAME = "MedFoundSlicer"  # Slicer's moduleName for MedFoundSlicerLogic: the parameter node's singleton tag
 # The panel's choices kept in the parameter node (saved with the scene); values are strings, as MRML stores them.
 PARAMETER_DEFAULTS = {"Prompts": "", "Model": "default", "Device": "auto", "RegionCheck": "true",
-                      "ClickModel": "encoder-v1", "TrainModelName": "", "Epochs": "5"}
+                      "ClickModel": "default", "TrainModelName": "", "Epochs": "5"}
 PARAMETER_REFERENCES = ("InputVolume", "OutputSegmentation")
 
 
@@ -301,48 +300,13 @@ class MedFoundLogic:
         job = _finished(self.startSegmentation(volumeNode, prompts, model, device, regionCheck=regionCheck).wait())
         return self.applySegmentation(job.result, volumeNode, segmentationNode, replace)
 
-    # ------------------------------------------------------------------ zero-shot clicks
-    def startClick(self, volumeNode, positiveNode, negativeNode=None, model: str | None = "encoder-v1", device: str = "auto",
-                   callbacks: JobCallbacks | None = None) -> ProcessJob:
-        """Start zero-shot segmentation from positive/negative markup points in a child process.
+    # ------------------------------------------------------------------ interactive (points, box, strokes)
+    def interactiveSegmentation(self, callbacks=None):
+        """A new interactive session on this scene (:class:`~.interactive.InteractiveSegmentation`):
+        include/exclude points, a box and strokes placed as markups, the segment updated after each."""
+        from .interactive import InteractiveSegmentation
 
-        The volume goes to ``medfound click`` as a NRRD file with its world geometry and the points as
-        ``--point=R,A,S`` / ``--negative=R,A,S`` in world RAS mm (as the markups hold them); the job's
-        result is the 0/1 mask on the volume's exact grid. ``model=None``: intensity only.
-        """
-        from medfoundcore.errors import InputError
-        from medfoundcore.io import save_volume
-
-        positive = nodes.points_from_markups(positiveNode)
-        negative = nodes.points_from_markups(negativeNode)
-        if len(positive) == 0:
-            raise InputError("place at least one positive point on the structure to segment")
-        volume = nodes.volume_from_node(volumeNode)
-        workdir = job_folder("click", lambda folder: save_volume(volume, folder / "input.nrrd", compress=False))
-        args = click_arguments(workdir, positive, negative, model, device)
-        return ProcessJob("click", medfound_command(*args), workdir, collect=lambda: read_label_map(workdir / "mask.nrrd", volume),
-                          callbacks=callbacks).start()
-
-    def applyClick(self, mask, volumeNode, segmentationNode=None, segmentId: str = ""):
-        """Write a zero-shot mask as one segment; ``segmentId`` (from a previous run) is replaced in place.
-
-        Returns ``(segmentationNode, segmentId)``.
-        """
-        if segmentationNode is None:
-            segmentationNode = nodes.create_segmentation_node(self.scene, volumeNode, f"{volumeNode.GetName()} MedFound")
-        segmentation = segmentationNode.GetSegmentation()
-        previous = segmentation.GetSegment(segmentId) if segmentId else None
-        name = previous.GetName() if previous is not None else nodes.unique_segment_name(segmentationNode, ZERO_SHOT_SEGMENT)
-        labels = mask.with_array((np.asarray(mask.array) > 0).astype(np.uint8))
-        spec = nodes.SegmentSpec(1, name, tuple(previous.GetColor()) if previous is not None else ZERO_SHOT_COLOR)
-        (newId,) = nodes.write_segments(segmentationNode, labels, [spec], replace=previous is not None)
-        return segmentationNode, newId
-
-    def runClick(self, volumeNode, positiveNode, negativeNode=None, model: str | None = "encoder-v1", device: str = "auto",
-                 segmentationNode=None, segmentId: str = ""):
-        """Blocking convenience: zero-shot segmentation from points, written as one segment."""
-        job = _finished(self.startClick(volumeNode, positiveNode, negativeNode, model, device).wait())
-        return self.applyClick(job.result, volumeNode, segmentationNode, segmentId)
+        return InteractiveSegmentation(self.scene, callbacks)
 
     # ------------------------------------------------------------------ training
     def segmentPromptMap(self, segmentationNode) -> dict[str, str]:
@@ -564,12 +528,11 @@ def _ras(point) -> str:
     return ",".join(repr(float(c)) for c in point)
 
 
-def click_arguments(workdir: Path, positive, negative, model: str | None, device: str) -> list[str]:
-    """``medfound click`` arguments for a job folder holding ``input.nrrd``; points in world RAS mm."""
-    args = ["click", str(workdir / "input.nrrd"), "-o", str(workdir / "mask.nrrd"), "--model", model or "none",
-            "--device", device, "--progress-json"]
-    args += [f"--point={_ras(p)}" for p in positive]  # the = form: a negative R is not read as an option
-    return args + [f"--negative={_ras(p)}" for p in negative]
+def click_arguments(image: Path, output: Path, include, exclude, model: str | None, device: str) -> list[str]:
+    """One-shot ``medfound click`` arguments (the intensity engine's way); points in world RAS mm."""
+    args = ["click", str(image), "-o", str(output), "--model", model or "intensity", "--device", device, "--progress-json"]
+    args += [f"--point={_ras(p)}" for p in include]  # the = form: a negative R is not read as an option
+    return args + [f"--negative={_ras(p)}" for p in exclude]
 
 
 # TrainConfig fields startTraining passes on to ``medfound train-seg`` (as --steps, --checkpoint-every, ...)

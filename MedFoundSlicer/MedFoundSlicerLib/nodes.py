@@ -186,6 +186,28 @@ def segment_mask(segmentation_node, segment_id: str, reference_volume_node) -> n
     return values == label_value
 
 
+def set_segment_mask(segmentation_node, segment_id: str, mask: np.ndarray, affine_ras: np.ndarray) -> None:
+    """Replace the content of one existing segment by ``mask`` (K, J, I, on the IJK→RAS grid ``affine_ras``).
+
+    Its name, colour, ID and place in the list stay; other segments are untouched. Only the box around
+    the mask's voxels is handed to Slicer (``SetBinaryLabelmapToSegment`` in replace mode), so a small
+    structure in a large CT costs little; an empty mask empties the segment.
+    """
+    mask = np.asarray(mask)
+    where = np.nonzero(mask)
+    if len(where[0]):
+        lo = [int(w.min()) for w in where]
+        hi = [int(w.max()) + 1 for w in where]
+    else:
+        lo, hi = [0, 0, 0], [1, 1, 1]
+    crop = mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] > 0
+    image = oriented_image_from_mask(crop, affine_ras)
+    image.SetExtent(lo[2], hi[2] - 1, lo[1], hi[1] - 1, lo[0], hi[0] - 1)
+    logic = slicer.vtkSlicerSegmentationsModuleLogic
+    if not logic.SetBinaryLabelmapToSegment(image, segmentation_node, segment_id, logic.MODE_REPLACE):
+        raise RuntimeError(f"could not write segment '{segment_id}' of '{segmentation_node.GetName()}'")
+
+
 def labels_from_segmentation(segmentation_node, segment_ids: list[str], reference_volume_node) -> np.ndarray:
     """A (K, J, I) uint16 label map on the reference grid: segment ``segment_ids[n]`` gets label n+1."""
     shape = array_from_volume_node(reference_volume_node).shape

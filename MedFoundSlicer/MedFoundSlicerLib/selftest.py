@@ -23,6 +23,8 @@ SEGMENT_PROMPTS = ("liver", "spleen")
 # on this case through the Logic (docs/slicer.md); the case is a crop of a training patient, so this
 # checks the plumbing (right segment, right grid), not generalisation.
 MIN_DICE = {"liver": 0.8, "spleen": 0.75}
+# A patient no model was trained on (20 axial slices of 512x512 at 0.98x0.98x2 mm).
+HELD_OUT_CASE = "totalsegmentator/ts_ct_dicom20"
 TRAIN_STEPS = 4
 
 
@@ -66,6 +68,25 @@ def scene_snapshot(scene) -> list[tuple]:
 
 def load_case(logic, data: Path, case: str = CASE):
     return nodes.load_volume_node(logic.scene, str(data / f"{case}_img.nii.gz"))
+
+
+# (K, J, I) box of HELD_OUT_CASE around its spleen (176 x 156 x 40 mm): small, so the interactive tests are quick.
+# The spleen is also a structure class the interactive model never saw in training.
+SPLEEN_CROP = (slice(0, 20), slice(220, 400), slice(260, 420))
+
+
+def held_out_crop(logic, data: Path):
+    """SPLEEN_CROP of HELD_OUT_CASE as a volume node, with its reference labels (K, J, I) and name → value table."""
+    from medfoundcore.io import load_volume
+
+    image = load_volume(data / f"{HELD_OUT_CASE}_img.nii.gz").crop(SPLEEN_CROP)
+    reference, values = reference_labels(data, HELD_OUT_CASE)
+    return nodes.volume_node_from_volume(logic.scene, image, "held-out CT"), reference[SPLEEN_CROP], values
+
+
+def ras_of_voxel(volumeNode, kji) -> tuple:
+    """World RAS (mm) of the (K, J, I) voxel index ``kji`` of a volume node."""
+    return tuple(float(c) for c in nodes.volume_from_node(volumeNode).index_to_ras(np.asarray(kji, dtype=float)[::-1])[0])
 
 
 def scenario_segment(logic, data: Path, model: str = "default") -> dict[str, float]:

@@ -5,8 +5,14 @@ records every gap between iterations; any gap beyond the timer interval is time 
 respond. Run on real data (headless, slicer-core + the test shim):
 
     OMP_NUM_THREADS=1 python Testing/Python/bench_gui_latency.py --job segment
-    OMP_NUM_THREADS=1 python Testing/Python/bench_gui_latency.py --job click
+    OMP_NUM_THREADS=1 python Testing/Python/bench_gui_latency.py --job interactive [--model intensity] [--full]
     OMP_NUM_THREADS=1 python Testing/Python/bench_gui_latency.py --job train --steps 6
+
+``--job interactive`` runs one interactive session (the Interactive panel's Logic) on the held-out CT
+``ts_ct_dicom20`` (``selftest.SPLEEN_CROP`` around the spleen; ``--full``: all 512 x 512 x 20 voxels) and
+reports, per interaction (first include point, a second one, an exclude point, a box, a stroke, Undo),
+the time from the markups event to the segment written, the child's own computing time and the time
+the GUI thread spent in the event handler; plus the GUI loop's lateness over the whole session.
 
 Prints one JSON object (numbers in milliseconds unless named *_s). Timings are not asserted in unit
 tests; docs/slicer.md quotes this script's output with its command.
@@ -61,7 +67,81 @@ def summary(values: np.ndarray) -> dict:
             "median": round(float(np.median(values)), 2), "n": int(values.size)}
 
 
+def interactive_run(args) -> dict:
+    """One interactive session: prompts placed as markups, the segment updated after each (see the docstring)."""
+    from MedFoundSlicerLib.interactive import BOX, EXCLUDE, INCLUDE, STROKE_INCLUDE, InteractiveCallbacks
+
+    logic = MedFoundSlicerLogic(slicer.vtkMRMLScene())
+    data = selftest.data_dir()
+    if args.full:
+        volume_node = selftest.load_case(logic, data, selftest.HELD_OUT_CASE)
+        reference, values = selftest.reference_labels(data, selftest.HELD_OUT_CASE)
+    else:
+        volume_node, reference, values = selftest.held_out_crop(logic, data)
+    updates, errors = [], []
+    session = logic.interactiveSegmentation(InteractiveCallbacks(on_updated=updates.append, on_error=errors.append,
+                                                                 on_failed=lambda m, d: errors.append(m)))
+    session.setVolume(volume_node)
+    session.setModel(args.model or "default")
+    spleen = np.argwhere(reference == values["spleen"])
+    centre = spleen.mean(axis=0).round()
+    ras = lambda kji: selftest.ras_of_voxel(volume_node, kji)  # noqa: E731
+    gaps, polls, rows = [], [], []
+
+    def interaction(name: str, act) -> None:
+        t0 = time.perf_counter()
+        act()
+        handler_s = time.perf_counter() - t0  # on the GUI thread: the markups event up to the request sent
+        before = len(updates)
+        last = time.perf_counter()
+        while session.engine is not None and session.busy:
+            time.sleep(INTERVAL_S)
+            now = time.perf_counter()
+            gaps.append((now - last - INTERVAL_S) * 1000.0)
+            start = time.perf_counter()
+            session.poll()
+            polls.append((time.perf_counter() - start) * 1000.0)
+            last = time.perf_counter()
+        update = updates[-1] if len(updates) > before else None
+        rows.append({"interaction": name, "handler_ms": round(handler_s * 1000, 1),
+                     "to_segment_s": round(update.elapsed, 3) if update else None,
+                     "child_s": round(update.seconds, 3) if update else None,
+                     "voxels": update.voxels if update else None, "error": errors[-1] if errors and not update else ""})
+
+    include = session.promptNode(INCLUDE)
+    interaction("first include point (process start, model load, encoder)",
+                lambda: include.AddControlPointWorld(vtk.vtkVector3d(*ras(centre))))
+    interaction("second include point", lambda: include.AddControlPointWorld(vtk.vtkVector3d(*ras(spleen[len(spleen) // 3]))))
+    if not session.pointsOnly:
+        interaction("exclude point", lambda: session.promptNode(EXCLUDE).AddControlPointWorld(
+            vtk.vtkVector3d(*ras(spleen[np.argmax(spleen[:, 2])]))))
+
+        def box() -> None:
+            node = session.promptNode(BOX)
+            node.AddControlPointWorld(vtk.vtkVector3d(*ras(spleen.min(axis=0))))
+            node.AddControlPointWorld(vtk.vtkVector3d(*ras(spleen.max(axis=0))))
+
+        interaction("box", box)
+
+        def stroke() -> None:
+            node = session.promptNode(STROKE_INCLUDE)
+            for offset in (-6, 0, 6):
+                node.AddControlPointWorld(vtk.vtkVector3d(*ras(centre + [0, offset, offset])))
+
+        interaction("stroke (3 vertices)", stroke)
+    t0 = time.perf_counter()
+    session.undo()
+    undo_s = time.perf_counter() - t0
+    session.close()
+    return {"job": "interactive", "model": args.model or "default", "volume": list(nodes.volume_from_node(volume_node).shape),
+            "interactions": rows, "undo_on_gui_thread_s": round(undo_s, 4),
+            "gui_lateness_ms": summary(np.array(gaps or [0.0])), "poll_ms": summary(np.array(polls or [0.0])),
+            "omp_threads": os.environ.get("OMP_NUM_THREADS", "default")}
+
+
 def run(args) -> dict:
+    if args.job == "interactive":
+        return interactive_run(args)
     logic = MedFoundSlicerLogic(slicer.vtkMRMLScene())
     warm = logic.startWarmUp()  # what the Widget does when the module opens
     warm_loop = gui_loop(warm)
@@ -71,14 +151,6 @@ def run(args) -> dict:
     if args.job == "segment":
         t0 = time.perf_counter()
         job = logic.startSegmentation(volume_node, list(selftest.SEGMENT_PROMPTS), model=args.model or "default")
-    elif args.job == "click":
-        reference, values = selftest.reference_labels(data)
-        volume = nodes.volume_from_node(volume_node)
-        centre = volume.index_to_ras(np.argwhere(reference == values["liver"]).mean(axis=0)[::-1])[0]
-        points = logic.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
-        points.AddControlPoint(vtk.vtkVector3d(*centre), "p")
-        t0 = time.perf_counter()
-        job = logic.startClick(volume_node, points, None, model=args.model)
     else:
         segmentation = nodes.create_segmentation_node(logic.scene, volume_node, "reference")
         reference, values = selftest.reference_labels(data)
@@ -103,10 +175,6 @@ def run(args) -> dict:
         t1 = time.perf_counter()
         logic.applySegmentation(job.result, volume_node)
         apply_s = time.perf_counter() - t1
-    elif args.job == "click":
-        t1 = time.perf_counter()
-        logic.applyClick(job.result, volume_node)
-        apply_s = time.perf_counter() - t1
     end_to_end = time.perf_counter() - t0
     return {
         "job": args.job,
@@ -124,8 +192,9 @@ def run(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--job", choices=("segment", "click", "train"), default="segment")
-    parser.add_argument("--model", default=None, help="model name (default: the job's default; click: intensity only)")
+    parser.add_argument("--job", choices=("segment", "interactive", "train"), default="segment")
+    parser.add_argument("--model", default=None, help="model name (default: the job's default; interactive: 'intensity' for the classical engine)")
+    parser.add_argument("--full", action="store_true", help="--job interactive on the whole held-out CT instead of the crop")
     parser.add_argument("--steps", type=int, default=6, help="training steps for --job train")
     print(json.dumps(run(parser.parse_args()), indent=1))
 

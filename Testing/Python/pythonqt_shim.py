@@ -102,10 +102,6 @@ class qMRMLWidget(QtWidgets.QWidget):
         self.mrmlScene = scene
 
 
-class qSlicerWidget(qMRMLWidget):
-    pass
-
-
 class qMRMLNodeComboBox(QtWidgets.QComboBox):
     """Holds a real MRML node; ``currentNodeChanged`` fires as in Slicer."""
 
@@ -205,41 +201,7 @@ class ctkPathLineEdit(QtWidgets.QLineEdit):
     currentPath = QtCore.Property(str, _get_path, _set_path)
 
 
-class qSlicerSimpleMarkupsWidget(QtWidgets.QWidget):
-    """A node selector and a small point table, like the real widget."""
-
-    markupsNodeChanged = QtCore.Signal()
-
-    def __init__(self, parent=None) -> None:
-        super().__init__(parent)
-        layout = QtWidgets.QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        self._selector = qMRMLNodeComboBox()
-        self._selector.addItem("Point list")
-        table = QtWidgets.QTableWidget(2, 4)
-        table.setHorizontalHeaderLabels(["Name", "R", "A", "S"])
-        table.horizontalHeader().setSectionResizeMode(QtWidgets.QHeaderView.Stretch)
-        table.verticalHeader().setVisible(False)
-        table.setMaximumHeight(80)
-        layout.addWidget(self._selector)
-        layout.addWidget(table)
-        self.defaultNodeColor = None
-        self._selector.currentNodeChanged.connect(lambda _node: self.markupsNodeChanged.emit())
-
-    def setMRMLScene(self, scene) -> None:
-        self.mrmlScene = scene
-
-    def markupsSelectorComboBox(self) -> qMRMLNodeComboBox:
-        return self._selector
-
-    def currentNode(self):
-        return self._selector.currentNode()
-
-    def setCurrentNode(self, node) -> None:
-        self._selector.setCurrentNode(node)
-
-
-STAND_INS = [qMRMLWidget, qSlicerWidget, qMRMLNodeComboBox, ctkCollapsibleButton, ctkPathLineEdit, qSlicerSimpleMarkupsWidget]
+STAND_INS = [qMRMLWidget, qMRMLNodeComboBox, ctkCollapsibleButton, ctkPathLineEdit]
 
 
 def load_ui(path: str) -> QtWidgets.QWidget:

@@ -1,5 +1,5 @@
 """Stand-ins for the pieces of Slicer that PyPI slicer-core lacks: the scripted-module base classes,
-``slicer.app``, ``slicer.mrmlScene`` and i18n. Everything else the tests use (vtkMRMLScene, volume,
+``slicer.app`` (with a real application logic), ``slicer.mrmlScene`` and i18n. Everything else the tests use (vtkMRMLScene, volume,
 segmentation, markups and storage nodes, ``slicer.util`` with its ``VTKObservationMixin``) is the real
 slicer-core code.
 
@@ -94,6 +94,19 @@ class _Application:
     ``processEvents`` runs the Qt event loop once when the test made a QApplication (as Slicer's does)."""
 
     commandOptions = types.SimpleNamespace(noMainWindow=True)
+
+    def __init__(self) -> None:
+        self._logic = None
+
+    def applicationLogic(self):
+        """Slicer's application logic on the current ``slicer.mrmlScene``: a real ``vtkSlicerApplicationLogic``,
+        which adds the scene's selection and interaction singletons as Slicer's does (place mode uses them)."""
+        import slicer
+
+        if self._logic is None or self._logic.GetMRMLScene() is not slicer.mrmlScene:
+            self._logic = slicer.vtkSlicerApplicationLogic()
+            self._logic.SetMRMLScene(slicer.mrmlScene)
+        return self._logic
 
     def processEvents(self) -> None:
         qtcore = sys.modules.get("PySide6.QtCore")

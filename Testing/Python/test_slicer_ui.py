@@ -21,7 +21,9 @@ REPO = Path(__file__).resolve().parents[2]
 MODULE_DIR = REPO / "MedFoundSlicer"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "MedFoundSlicer.ui"
 SCREENSHOTS = REPO / "Resources" / "Screenshots"
-PANELS = {"segmentTab": "Segment", "clickTab": "Points", "trainTab": "Train", "modelsTab": "Models"}
+# tab -> (its title, the screenshot's name; the Interactive panel's keeps the name the extension's metadata links)
+PANELS = {"segmentTab": ("Segment", "segment"), "clickTab": ("Interactive", "points"), "trainTab": ("Train", "train"),
+          "modelsTab": ("Models", "models")}
 
 
 from pythonqt_shim import STAND_INS  # noqa: E402  (the same MRML/CTK stand-ins the Widget test uses)
@@ -77,6 +79,7 @@ def test_panel_screenshot(panel, tab_name, tmp_path):
     tabs = panel.findChild(QtWidgets.QTabWidget, "tabWidget")
     page = panel.findChild(QtWidgets.QWidget, tab_name)
     tabs.setCurrentWidget(page)
+    assert tabs.tabText(tabs.indexOf(page)) == PANELS[tab_name][0]
     panel.findChild(QtWidgets.QFrame, "dependencyFrame").setVisible(False)  # installed: the usual state
     panel.show()
     QtWidgets.QApplication.processEvents()
@@ -85,7 +88,7 @@ def test_panel_screenshot(panel, tab_name, tmp_path):
     assert _distinct_colours(image) > 8, "the panel rendered blank"
     for folder in (SCREENSHOTS, Path(os.environ.get("MEDFOUND_ARTIFACTS", REPO / "artifacts")) / "slicer"):
         folder.mkdir(parents=True, exist_ok=True)
-        target = folder / f"MedFoundSlicer-{PANELS[tab_name].replace('-', '').lower()}.png"
+        target = folder / f"MedFoundSlicer-{PANELS[tab_name][1]}.png"
         partial = target.with_suffix(".tmp.png")
         assert image.save(str(partial), "PNG")
         os.replace(partial, target)
@@ -136,13 +139,33 @@ def test_one_device_selector_and_advanced_settings_collapsed(panel):
     assert devices == ["deviceComboBox"]
     advanced = {w.get("name"): w for w in root.iter("widget") if w.get("class") == "ctkCollapsibleButton"
                 and any(s.text == "Advanced" for s in w.iter("string"))}
-    assert set(advanced) == {"advancedCollapsibleButton", "trainAdvancedCollapsibleButton"}
+    assert set(advanced) == {"advancedCollapsibleButton", "trainAdvancedCollapsibleButton", "clickAdvancedCollapsibleButton"}
     for name in advanced:
         assert panel.findChild(QtCore.QObject, name).property("collapsed") is True, name
     inside = {w.get("name") for name in advanced for w in advanced[name].iter("widget")}
-    assert {"deviceComboBox", "learningRateSpinBox", "batchSizeSpinBox"} <= inside
+    assert {"deviceComboBox", "learningRateSpinBox", "batchSizeSpinBox", "clickModelComboBox"} <= inside
 
 
 def test_progress_bars_are_hidden_when_idle(panel):
     bars = panel.findChildren(QtWidgets.QProgressBar)
     assert len(bars) == 3 and all(bar.isHidden() for bar in bars)
+
+
+def test_interactive_tools_name_their_shortcuts_and_the_coordinate_tables_are_gone(panel):
+    """Every tool of the Interactive panel says its keyboard shortcut in its tooltip (the Widget's SHORTCUTS),
+    the tools toggle (place mode on/off), and the old point-coordinate tables are not in the panel."""
+    import MedFoundSlicer
+
+    shortcuts = MedFoundSlicer.MedFoundSlicerWidget.SHORTCUTS
+    assert set(MedFoundSlicer.MedFoundSlicerWidget.TOOL_BUTTONS.values()) <= set(shortcuts)
+    for name, keys in shortcuts.items():
+        button = panel.findChild(QtWidgets.QPushButton, name)
+        assert f"({keys})" in button.toolTip(), (name, button.toolTip())
+    for name in MedFoundSlicer.MedFoundSlicerWidget.TOOL_BUTTONS.values():
+        assert panel.findChild(QtWidgets.QPushButton, name).isCheckable(), name
+    assert len(set(shortcuts.values())) == len(shortcuts)
+    slicer_keys = {"B", "F", "G", "T", "V", "R", "S", "I", "Q", "W", "Z", "Y", "Ctrl+Z", "Ctrl+Y", "Space"}  # Slicer's own
+    assert not set(shortcuts.values()) & slicer_keys
+    page = panel.findChild(QtWidgets.QWidget, "clickTab")
+    assert not [w.objectName() for w in page.findChildren(QtWidgets.QTableWidget)]
+    assert panel.findChild(QtCore.QObject, "positivePointsWidget") is None

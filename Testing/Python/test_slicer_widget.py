@@ -17,7 +17,6 @@ from PySide6 import QtWidgets  # noqa: E402  (after QT_QPA_PLATFORM)
 import pythonqt_shim  # noqa: E402
 import slicer  # noqa: E402
 from MedFoundSlicerLib import nodes, selftest  # noqa: E402
-from MedFoundSlicerLib.logic import ZERO_SHOT_SEGMENT  # noqa: E402
 
 SLICE_MODEL = "starter-v2"  # the Dice floors of selftest were measured with it
 LIMIT_S = 600  # only stops a hang; nothing here is timed
@@ -110,64 +109,102 @@ def test_cancel_through_the_widget_leaves_the_scene_unchanged(widget, shared_dat
     assert ui.promptsTextEdit.plainText == "aorta" and not ui.regionCheckBox.checked
 
 
-# ---------------------------------------------------------------- Points panel
-def _place_liver_point(widget, shared_data):
-    """The CT and one include point at its reference liver's centroid, chosen in the Points panel."""
-    volume = nodes.load_volume_node(slicer.mrmlScene, str(shared_data / f"{selftest.CASE}_img.nii.gz"))
-    reference, values = selftest.reference_labels(shared_data)
-    liver = reference == values["liver"]
-    centre = nodes.volume_from_node(volume).index_to_ras(np.argwhere(liver).mean(axis=0)[::-1])[0]
-    points = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "include")
-    points.AddControlPoint(vtk.vtkVector3d(*centre), "p1")  # placed before it is chosen: no automatic run yet
-    widget.ui.clickVolumeSelector.setCurrentNode(volume)
-    widget.ui.positivePointsWidget.setCurrentNode(points)
-    return volume, points, liver
+# ---------------------------------------------------------------- Interactive panel
+def _click_tool(widget, name, shortcut=False):
+    """Press a tool button (or its keyboard shortcut, as the user would)."""
+    if shortcut:
+        keys = widget.SHORTCUTS[name]
+        wanted = pythonqt_shim.QtGui.QKeySequence(keys).toString()
+        (found,) = [s for s in widget._shortcuts if s.key.toString() == wanted]  # key: a Qt property, as in PythonQt
+        pythonqt_shim.unwrap(found).activated.emit()  # what pressing the keys does
+    else:
+        getattr(widget.ui, name).click()
 
 
-def test_points_through_the_widget(widget, shared_data, pid_alive):
+def test_interactive_panel_points_box_stroke_undo_and_new_segment(widget, shared_data, pid_alive):
+    """The Interactive panel end to end: a tool (button or shortcut) puts Slicer in place mode for its
+    markups node; each placed point, the box and a stroke update the segment through the same child
+    process; Undo, New segment, Stop; the intensity engine leaves only the point tools enabled."""
+    from test_slicer_interactive import held_out_crop, ras
+
     app = QtWidgets.QApplication.instance()
     ui = widget.ui
-    volume, points, liver = _place_liver_point(widget, shared_data)
-    assert ui.clickModelComboBox.currentText == "encoder-v1" and ui.clickProgressBar.isHidden()
-    ui.clickApplyButton.click()
-    job = widget._job
-    assert ui.clickApplyButton.text == "Cancel" and not ui.clickProgressBar.isHidden() and job.pid != os.getpid()
-    _run_until(app, lambda: widget._job is None)
+    volume, reference, values = held_out_crop(widget.logic, shared_data)
+    session = widget._interactive
+    assert not ui.includePointButton.enabled  # nothing to mark without a volume
+    ui.clickVolumeSelector.setCurrentNode(volume)
+    assert ui.includePointButton.enabled and ui.boxButton.enabled and not ui.undoButton.enabled
+    widget.enter()  # the module is shown: its shortcuts are active
+    interaction = slicer.app.applicationLogic().GetInteractionNode()
+    selection = slicer.app.applicationLogic().GetSelectionNode()
+
+    # Include point by its shortcut: place mode for the include list; the model loads meanwhile
+    _click_tool(widget, "includePointButton", shortcut=True)
+    include = session.prompts.include
+    assert ui.includePointButton.checked and interaction.GetCurrentInteractionMode() == interaction.Place
+    assert selection.GetActivePlaceNodeID() == include.GetID() and interaction.GetPlaceModePersistence() == 1
+    spleen = reference == values["spleen"]
+    centre = np.argwhere(spleen).mean(axis=0).round().astype(int)
+    include.AddControlPointWorld(vtk.vtkVector3d(*ras(volume, centre)))  # what a click in a slice view does
+    assert not ui.clickProgressBar.isHidden() and ui.stopButton.enabled
+    _run_until(app, lambda: not session.busy)
     assert not widget.dialogs.errors, widget.dialogs.errors
-    assert job.state.value == "succeeded" and not pid_alive(job.pid)
-    assert ui.clickApplyButton.text == "Segment from points" and ui.clickProgressBar.isHidden()
-    assert ui.clickProgressBar.maximum == 4  # the child's progress (4 stages) reached the bar
-    assert ui.clickStatusLabel.text.startswith("Updated in")
+    assert ui.clickStatusLabel.text.startswith("Updated in") and ui.clickProgressBar.isHidden()
     segmentation = ui.clickOutputSelector.currentNode()
-    assert segmentation is not None and nodes.segment_names(segmentation) == [ZERO_SHOT_SEGMENT]
-    segmentId = segmentation.GetSegmentation().GetSegmentIdBySegmentName(ZERO_SHOT_SEGMENT)
-    assert selftest.dice(nodes.segment_mask(segmentation, segmentId, volume), liver) > 0.55
-    # moving the point re-runs automatically (debounced) and updates the same segment in place
-    points.SetNthControlPointPosition(0, *(np.array(points.GetNthControlPointPosition(0)) + [0.0, 0.0, 3.0]))
-    points.InvokeEvent(points.PointEndInteractionEvent)
-    _run_until(app, lambda: widget._job is not None)
-    _run_until(app, lambda: widget._job is None)
+    assert segmentation is not None and nodes.segment_names(segmentation) == ["Segment 1"]
+    segment_id = session.segmentId
+    after_point = nodes.segment_mask(segmentation, segment_id, volume)
+    assert after_point.any() and ui.undoButton.enabled and not ui.stopButton.enabled
+
+    # Box: the include button is released, place mode for a new ROI that ends after two corners
+    ui.boxButton.click()
+    assert ui.boxButton.checked and not ui.includePointButton.checked and interaction.GetPlaceModePersistence() == 0
+    box = session.prompts.box
+    lo, hi = np.argwhere(spleen).min(axis=0), np.argwhere(spleen).max(axis=0)
+    box.AddControlPointWorld(vtk.vtkVector3d(*ras(volume, [lo[0], lo[1] - 2, lo[2] - 2])))
+    box.AddControlPointWorld(vtk.vtkVector3d(*ras(volume, [hi[0], hi[1] + 2, hi[2] + 2])))
+    _run_until(app, lambda: not session.busy and len(session.history) == 2)
+    engine = session.engine
+    assert engine.sent[-1]["box"] is not None and engine.sent[-1]["previous"] == "last"
+
+    # Include stroke: a new open curve; each vertex after the first updates the segment
+    ui.includeStrokeButton.click()
+    assert ui.includeStrokeButton.checked and not ui.boxButton.checked
+    stroke = session.prompts.strokes[-1]
+    for offset in (-8, 0, 8):
+        stroke.AddControlPointWorld(vtk.vtkVector3d(*ras(volume, centre + [0, offset, offset])))
+    _run_until(app, lambda: not session.busy and len(engine.sent[-1]["scribbles"]) == 1 and len(
+        engine.sent[-1]["scribbles"][0]["points"]) == 3)
+    assert engine.sent[-1]["scribbles"][0]["include"] is True
+    assert not widget.dialogs.errors and ui.clickStatusLabel.text.startswith("Updated in")
+    interaction.SetCurrentInteractionMode(interaction.ViewTransform)  # a right-click ends placing: the button follows
+    assert not ui.includeStrokeButton.checked
+
+    # Undo (its shortcut) twice: back to the state after the point, marks included
+    _click_tool(widget, "undoButton", shortcut=True)
+    ui.undoButton.click()
+    np.testing.assert_array_equal(nodes.segment_mask(segmentation, segment_id, volume), after_point)
+    prompts = session.prompts.snapshot()
+    assert len(prompts.include) == 1 and prompts.box is None and prompts.strokes == ()
+
+    # New segment: the next point starts Segment 2, Segment 1 stays as it is
+    ui.newSegmentButton.click()
+    assert session.prompts.snapshot().empty and not ui.undoButton.enabled
+    stomach = np.argwhere(reference == values["stomach"])
+    include.AddControlPointWorld(vtk.vtkVector3d(*ras(volume, stomach[len(stomach) // 2])))
+    _run_until(app, lambda: not session.busy)
+    assert nodes.segment_names(segmentation) == ["Segment 1", "Segment 2"]
+    np.testing.assert_array_equal(nodes.segment_mask(segmentation, segment_id, volume), after_point)
     assert not widget.dialogs.errors, widget.dialogs.errors
-    assert ui.clickOutputSelector.currentNode() is segmentation and nodes.segment_names(segmentation) == [ZERO_SHOT_SEGMENT]
-    assert segmentation.GetSegmentation().GetSegmentIdBySegmentName(ZERO_SHOT_SEGMENT) == segmentId
 
-
-def test_cancel_points_through_the_widget_leaves_the_scene_unchanged(widget, shared_data, pid_alive):
-    app = QtWidgets.QApplication.instance()
-    ui = widget.ui
-    _place_liver_point(widget, shared_data)
-    before = selftest.scene_snapshot(slicer.mrmlScene)
-    ui.clickApplyButton.click()
-    job = widget._job
-    _run_until(app, lambda: ui.clickStatusLabel.text != "Starting...")  # the child reported progress
-    assert pid_alive(job.pid)
-    ui.clickApplyButton.click()  # the button reads Cancel while the job runs
-    _run_until(app, lambda: widget._job is None)
-    assert job.state.value == "cancelled" and job.returncode is None and not pid_alive(job.pid)
-    assert ui.clickStatusLabel.text == "Cancelled; the scene was not changed."
-    assert selftest.scene_snapshot(slicer.mrmlScene) == before and ui.clickOutputSelector.currentNode() is None
-    assert not widget.dialogs.errors and ui.clickApplyButton.text == "Segment from points"
-    assert not widget._clickTimer.isActive()  # a cancel by the user does not start it again
+    # The intensity engine (Advanced): only the point tools stay enabled; the learned model's process quits
+    pid = engine.pid
+    ui.clickModelComboBox.setCurrentIndex(ui.clickModelComboBox.findText(widget.INTENSITY_ONLY))
+    assert session.pointsOnly and not pid_alive(pid)
+    assert ui.includePointButton.enabled and ui.excludePointButton.enabled
+    assert not ui.boxButton.enabled and not ui.includeStrokeButton.enabled and not ui.excludeStrokeButton.enabled
+    widget.exit()
+    assert widget._shortcuts == []
 
 
 # ---------------------------------------------------------------- Train panel
