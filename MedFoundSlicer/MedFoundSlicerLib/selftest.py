@@ -17,14 +17,17 @@ import numpy as np
 
 from . import nodes
 
-CASE = "totalsegmentator/ts_ct_sm"  # real abdominal CT, 122x101x30 at 3 mm, TotalSegmentator labels
-SEGMENT_PROMPTS = ("liver", "spleen")
-# Lowest Dice accepted against the reference labels. starter-v2 measured liver 0.923 and spleen 0.894
-# on this case through the Logic (docs/slicer.md); the case is a crop of a training patient, so this
-# checks the plumbing (right segment, right grid), not generalisation.
-MIN_DICE = {"liver": 0.8, "spleen": 0.75}
-# A patient no model was trained on (20 axial slices of 512x512 at 0.98x0.98x2 mm).
+# Real abdominal CT, 122x101x30 at 3 mm, TotalSegmentator labels. A crop of ts_ct_full, a patient the
+# starter models were trained on: used where the plumbing is checked (training from the scene, cancel,
+# the right segment on the right grid), never for a quality floor.
+CASE = "totalsegmentator/ts_ct_sm"
+# A patient no model was trained on (20 axial slices of 512x512 at 0.98x0.98x2 mm): quality floors go here.
 HELD_OUT_CASE = "totalsegmentator/ts_ct_dicom20"
+SEGMENT_PROMPTS = ("liver", "spleen")
+# Lowest Dice accepted on HELD_OUT_CASE through the Logic, for the model the tests use (starter-v2): it
+# measured liver 0.402 there and does not find the spleen on these 20 slices (docs/slicer.md), so only
+# the liver has a floor, set clearly below the measurement.
+MIN_DICE = {"liver": 0.3}
 TRAIN_STEPS = 4
 
 
@@ -89,19 +92,22 @@ def ras_of_voxel(volumeNode, kji) -> tuple:
     return tuple(float(c) for c in nodes.volume_from_node(volumeNode).index_to_ras(np.asarray(kji, dtype=float)[::-1])[0])
 
 
-def scenario_segment(logic, data: Path, model: str = "default") -> dict[str, float]:
-    """Segment a real CT by text through the Logic; named segments on the CT grid, Dice above MIN_DICE."""
-    volumeNode = load_case(logic, data)
+def scenario_segment(logic, data: Path, model: str = "default", case: str = HELD_OUT_CASE,
+                     min_dice: dict[str, float] | None = None) -> dict[str, float]:
+    """Segment a real CT by text through the Logic: one summary row per prompt, named segments on the CT
+    grid with the reported volumes, and Dice above ``min_dice`` (default MIN_DICE, for HELD_OUT_CASE)."""
+    min_dice = MIN_DICE if min_dice is None else min_dice
+    volumeNode = load_case(logic, data, case)
     started = time.perf_counter()
     segmentationNode, summaries = logic.runSegmentation(volumeNode, list(SEGMENT_PROMPTS), model=model, device="auto")
     elapsed = time.perf_counter() - started
-    reference, values = reference_labels(data)
+    reference, values = reference_labels(data, case)
     segmentation = segmentationNode.GetSegmentation()
     scores = {}
     _check([s.prompt for s in summaries] == list(SEGMENT_PROMPTS), "one summary row per prompt, in order")
     _check(segmentation.GetNumberOfSegments() == sum(s.found for s in summaries), "segments differ from found prompts")
     for summary in summaries:
-        if summary.name in MIN_DICE:
+        if summary.name in min_dice:
             _check(summary.found, f"'{summary.prompt}' was not found")
         if not summary.found:
             _check(summary.segment_id == "" and summary.volume_ml == 0, f"'{summary.prompt}' not found but has a segment")
@@ -113,9 +119,9 @@ def scenario_segment(logic, data: Path, model: str = "default") -> dict[str, flo
         _check(abs(mask.sum() * np.prod(nodes.volume_from_node(volumeNode).spacing) / 1000 - summary.volume_ml) < 1.0,
                f"reported volume of {summary.name} does not match its segment")
         scores[summary.name] = dice(mask, reference == values[summary.name.replace(" ", "_")])
-        if summary.name in MIN_DICE:
-            _check(scores[summary.name] >= MIN_DICE[summary.name],
-                   f"Dice of {summary.name} is {scores[summary.name]:.3f} < {MIN_DICE[summary.name]}")
+        if summary.name in min_dice:
+            _check(scores[summary.name] >= min_dice[summary.name],
+                   f"Dice of {summary.name} is {scores[summary.name]:.3f} < {min_dice[summary.name]}")
     scores["seconds"] = elapsed
     return scores
 

@@ -18,7 +18,7 @@ import pythonqt_shim  # noqa: E402
 import slicer  # noqa: E402
 from MedFoundSlicerLib import nodes, selftest  # noqa: E402
 
-SLICE_MODEL = "starter-v2"  # the Dice floors of selftest were measured with it
+SLICE_MODEL = "starter-v2"  # the Segment panel's 2D model (the Dice floor of selftest was measured with it)
 LIMIT_S = 600  # only stops a hang; nothing here is timed
 
 
@@ -77,9 +77,13 @@ def test_segment_through_the_widget(widget, shared_data):
     assert ui.applyButton.text == "Segment" and ui.segmentProgressBar.isHidden()
     segmentation = ui.outputSegmentationSelector.currentNode()
     assert segmentation is not None and nodes.segment_names(segmentation) == ["liver", "spleen"]
+    # The liver segment lies on the reference liver: more of its voxels there than on any other structure.
+    # (A plumbing check: right segment, right grid. ts_ct_sm is a crop of a training patient, so no Dice
+    # floor here; the text-prompted quality floor is checked on a held-out CT, selftest.scenario_segment.)
     reference, values = selftest.reference_labels(shared_data)
-    liver = segmentation.GetSegmentation().GetSegmentIdBySegmentName("liver")
-    assert selftest.dice(nodes.segment_mask(segmentation, liver, volume), reference == values["liver"]) >= selftest.MIN_DICE["liver"]
+    liver = nodes.segment_mask(segmentation, segmentation.GetSegmentation().GetSegmentIdBySegmentName("liver"), volume)
+    under = np.bincount(reference[liver].ravel(), minlength=int(reference.max()) + 1)
+    assert liver.any() and int(np.argmax(under[1:])) + 1 == values["liver"]
     assert ui.summaryTable.rowCount == 2 and ui.summaryTable.item(0, 0).text() == "liver"
     ui.modelsTable.selectRow(0)  # the Models panel describes a model in words, not its JSON card
     assert "{" not in ui.modelCardTextEdit.plainText and "Research use only" in ui.modelCardTextEdit.plainText
