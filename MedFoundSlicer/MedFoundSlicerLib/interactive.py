@@ -639,7 +639,8 @@ class InteractiveSegmentation:
             self.callbacks.on_error(message)
 
     def _shape(self) -> tuple:
-        return tuple(nodes.array_from_volume_node(self.volumeNode).shape)
+        """The volume's (K, J, I) shape."""
+        return tuple(self.volumeNode.GetImageData().GetDimensions()[::-1])
 
     def _targetNode(self):
         if self.segmentationNode is None or not self.scene.IsNodePresent(self.segmentationNode):
