@@ -4,3 +4,6 @@ HELD="$D/totalsegmentator/ts_ct_dicom20_img.nii.gz $D/msd_spleen_clara/spleen_8_
 S="liver spleen kidney_left kidney_right pancreas stomach gallbladder aorta inferior_vena_cava vertebrae spinal_cord brainstem parotid_gland_left parotid_gland_right mandible esophagus larynx"
 # the structures ct-v1 learns (vocabulary keys; unions such as "kidney" are trained as their own prompt)
 K="liver spleen kidney_left kidney_right kidney pancreas stomach gallbladder duodenum colon small_bowel urinary_bladder adrenal_gland_left adrenal_gland_right adrenal_gland aorta inferior_vena_cava esophagus airway lung_left lung_right lung vertebrae sacrum ribs spinal_cord brainstem parotid_gland_left parotid_gland_right parotid_gland mandible larynx"
+# the structures the interactive model is scored on (bench click --structures): classes never trained on
+# (spleen, parotids, autochthon muscles: held out of training; humerus: in no training label) and trained ones
+CLICK_S="spleen parotid_gland_left parotid_gland_right autochthon_left autochthon_right humerus_left humerus_right liver stomach pancreas colon aorta inferior_vena_cava portal_vein_and_splenic_vein adrenal_gland_right vertebra_T11 vertebra_T12 spinal_cord brainstem mandible esophagus larynx"

@@ -154,6 +154,20 @@ def test_the_same_mask_in_any_orientation(trained, other_patient, one_thread):
     assert first.array.sum() > 0 and dice(back, first.array > 0) > 0.98
 
 
+def test_an_exclude_point_removes_what_it_touches(trained, other_patient, one_thread):
+    image, labels = other_patient
+    ras = _spleen_click(image, labels)
+    box = [ras - [40, 40, 12], ras + [40, 40, 12]]
+    session = InteractiveSession(image, str(trained[3]), "cpu")
+    first = session.segment(Interaction([ras], [True], box=box)).array > 0
+    inside = np.argwhere(first)
+    far = inside[np.argmax(np.linalg.norm((inside - inside.mean(0)) * image.spacing[::-1], axis=1))]  # a voxel at the mask's rim
+    excluded = image.index_to_ras(far[::-1][None])[0]
+    second = session.segment(Interaction([ras, excluded], [True, False], box=box), "last").array > 0
+    assert first[tuple(far)] and not second[tuple(far)]
+    assert second.sum() < first.sum()
+
+
 def test_prompts_outside_the_image_or_without_an_include_are_refused(trained, other_patient):
     image, labels = other_patient
     session = InteractiveSession(image, str(trained[3]), "cpu")
@@ -195,3 +209,36 @@ def test_cli_click_with_a_box_and_a_stroke_and_the_serve_loop(trained, other_pat
     assert "output" in final[0] and "output" in final[1] and "include point" in final[2]["error"]
     assert load_volume(tmp_path / "2.nrrd", label=True).shape == image.shape
     assert load_interactive_model.cache_info().currsize >= 1
+
+
+def test_the_fast_convolution_gives_the_same_numbers_and_gradients_as_torchs():
+    from medfoundcore.models.fast_conv import Conv3d
+
+    for kernel, padding, shape in (((3, 3, 3), 1, (1, 24, 16, 32, 32)), ((1, 3, 3), (0, 1, 1), (1, 11, 16, 64, 64)), ((3, 3, 3), 1, (1, 64, 24, 40, 40))):
+        torch.manual_seed(0)
+        fast, plain = Conv3d(shape[1], 8, kernel, padding=padding), torch.nn.Conv3d(shape[1], 8, kernel, padding=padding)
+        plain.load_state_dict(fast.state_dict())
+        x = torch.randn(*shape)
+        a, b = fast(x), plain(x)
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-4)
+        a.square().mean().backward()
+        b.square().mean().backward()
+        assert torch.allclose(fast.weight.grad, plain.weight.grad, atol=1e-5)
+
+
+def test_serve_runs_the_intensity_engine_too(shared_data, tmp_path, capsys, monkeypatch, one_thread):
+    import io
+
+    from medfoundcore.data.datasets import find_cases
+
+    (ref,) = find_cases([shared_data / "openkbp" / "test_pt_243_img.nii.gz"])
+    labels = load_volume(ref.label_path, label=True)
+    centre = interaction.centre_point(labels.array == 1, labels.spacing[::-1])  # brainstem
+    r, a, s = labels.index_to_ras(centre[::-1][None])[0]
+    requests = [{"id": 1, "points": [[r, a, s, True]], "output": str(tmp_path / "1.nrrd")},
+                {"id": 2, "points": [[r, a, s, True]], "box": [[r, a, s], [r + 9, a + 9, s + 9]], "output": str(tmp_path / "2.nrrd")}]
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(json.dumps(q) for q in requests) + "\n"))
+    assert main(["click", str(ref.image_path), "--serve", "--model", "intensity"]) == 0
+    answers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    final = {m["id"]: m for m in answers if "id" in m}
+    assert answers[0]["model"] == "intensity" and final[1]["voxels"] > 0 and "points only" in final[2]["error"]

@@ -138,12 +138,15 @@ def _summary(mask, output: Path, started: float) -> dict:
 
 def serve(args: argparse.Namespace, volume) -> int:
     """The request loop of ``--serve``: one session, one JSON line per request and per answer."""
-    from ..inference.interactive import DEFAULT_MODEL, InteractiveSession
+    from ..inference.interactive import DEFAULT_MODEL, InteractiveSession, IntensitySession, is_intensity_engine
 
     progress = json_progress()
-    model = DEFAULT_MODEL if args.model == "default" else args.model
-    session = InteractiveSession(volume, model, args.device)
-    _answer({"ready": True, "model": session.model.card.name, "shape": list(volume.shape)})
+    if is_intensity_engine(args.model):
+        session, name = IntensitySession(volume, args.model, args.device), "intensity"
+    else:
+        session = InteractiveSession(volume, DEFAULT_MODEL if args.model == "default" else args.model, args.device)
+        name = session.model.card.name
+    _answer({"ready": True, "model": name, "shape": list(volume.shape)})
     for line in sys.stdin:
         if not line.strip():
             continue
@@ -153,8 +156,10 @@ def serve(args: argparse.Namespace, volume) -> int:
             if request.get("command") == "quit":
                 break
             _answer({"id": request.get("id"), **_serve_one(session, request, progress)})
-        except (MedFoundError, ValueError, KeyError, TypeError) as error:
+        except (MedFoundError, ValueError, KeyError, TypeError) as error:  # the request's own fault
             _answer({"id": request.get("id") if isinstance(request, dict) else None, "error": str(error)})
+        except Exception as error:  # noqa: BLE001 - anything else: say so, keep serving the next request
+            _answer({"id": request.get("id") if isinstance(request, dict) else None, "error": f"internal error ({type(error).__name__}: {error})"})
     return 0
 
 

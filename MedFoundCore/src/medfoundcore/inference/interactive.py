@@ -37,6 +37,8 @@ MIN_REGION = (24, 40, 40)
 GROW = 2
 #: A prompt closer than this to the window's edge (full-resolution voxels) moves the window.
 EDGE = 4
+#: Nothing within this distance of an exclude point stays in the mask.
+EXCLUDE_MM = 3.0
 STAGE = "interactive"
 
 
@@ -231,6 +233,7 @@ class InteractiveSession:
         image = window.image[(slice(None), slice(None), *full)]
         fine = net.refine(image, coarse[(slice(None), slice(None), *box)], maps[(slice(None), slice(None), *box)])
         mask[full] = (fine[0, 0] > 0).cpu().numpy()
+        _clear_around(mask, prompts.points[~prompts.include])
         return _keep_prompted_components(mask, prompts)
 
     def _to_input_grid(self, mask: np.ndarray) -> Volume:
@@ -328,6 +331,24 @@ def _probable_box(prob: torch.Tensor, margin: int = 1) -> tuple[slice, ...] | No
     return tuple(slice(a, b) for a, b in zip(lo, hi))
 
 
+def _clear_around(mask: np.ndarray, points: np.ndarray, radius_mm: float = EXCLUDE_MM) -> None:
+    """An exclude point is a hard constraint: nothing within ``radius_mm`` of it stays in the mask
+    (the model learns to remove the whole leak; this guarantees what the point touches goes)."""
+    from ..models.prompt_encoder import VOXEL_MM_ZXY
+
+    mm = np.asarray(VOXEL_MM_ZXY)
+    reach = np.ceil(radius_mm / mm).astype(int)
+    for point in points:
+        centre = np.rint(point).astype(int)
+        lo, hi = np.maximum(centre - reach, 0), np.minimum(centre + reach + 1, mask.shape)
+        if np.any(hi <= lo):
+            continue
+        grid = np.meshgrid(*(np.arange(a, b) for a, b in zip(lo, hi)), indexing="ij")
+        near = sum(((g - p) * m) ** 2 for g, p, m in zip(grid, point, mm)) <= radius_mm**2
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        mask[box] &= ~near
+
+
 def _keep_prompted_components(mask: np.ndarray, prompts: Prompts) -> np.ndarray:
     """Drop pieces that no include prompt touches (a click means "this", not "everything like it");
     with a box alone, the pieces inside the box are kept."""
@@ -369,18 +390,39 @@ def click(
     ``"intensity"`` (the classical engine, points only).
     """
     coords, include = _split_points(points)
-    if model in ("intensity", "none") or (model != "default" and _is_encoder_model(model)):
+    interaction = Interaction(coords, include, box, [s[0] for s in scribbles], [bool(s[1]) for s in scribbles])
+    if is_intensity_engine(model):
+        session = IntensitySession(volume, model, device)
+    else:
+        session = InteractiveSession(volume, DEFAULT_MODEL if model == "default" else model, device)
+    return session.segment(interaction, previous, progress=progress, cancel=cancel)
+
+
+def is_intensity_engine(model: str) -> bool:
+    """``intensity`` / ``none`` (intensity alone) or a pretrained 3D encoder's name: the classical engine."""
+    return model in ("intensity", "none") or (model != "default" and _is_encoder_model(model))
+
+
+class IntensitySession:
+    """The classical intensity engine (:mod:`.click`) behind the session interface: include and
+    exclude points only, nothing cached between interactions. Kept as the baseline of issue 14."""
+
+    def __init__(self, volume: Volume, model: str = "intensity", device: str | torch.device = "auto"):
+        self.volume = volume
+        self.encoder = None if model in ("intensity", "none") else model
+        self.device = str(device)
+
+    def segment(
+        self, interaction: Interaction, previous: Volume | np.ndarray | str | None = None, *,
+        progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+    ) -> Volume:
         from .click import click as intensity_click
 
-        if box is not None or scribbles or previous is not None:
+        if interaction.box is not None or interaction.strokes or (previous is not None and previous != "last"):
             raise InputError("the intensity engine takes include/exclude points only; use the learned model for boxes, strokes and a current mask")
-        positives = [p for p, i in zip(coords, include) if i]
-        negatives = [p for p, i in zip(coords, include) if not i]
-        encoder = None if model in ("intensity", "none") else model
-        return intensity_click(volume, positives, negatives, model=encoder, device=device, progress=progress, cancel=cancel)
-    interaction = Interaction(coords, include, box, [s[0] for s in scribbles], [bool(s[1]) for s in scribbles])
-    session = InteractiveSession(volume, DEFAULT_MODEL if model == "default" else model, device)
-    return session.segment(interaction, previous, progress=progress, cancel=cancel)
+        positives = [p for p, i in zip(interaction.points, interaction.include) if i]
+        negatives = [p for p, i in zip(interaction.points, interaction.include) if not i]
+        return intensity_click(self.volume, positives, negatives, model=self.encoder, device=self.device, progress=progress, cancel=cancel)
 
 
 def _split_points(points: Sequence[Sequence]) -> tuple[list[tuple[float, float, float]], list[bool]]:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones.ct_foundation import FEATURE_CHANNELS, FEATURE_STRIDES
+from .fast_conv import Conv3d
 
 TEXT_DIM = 384  # MiniLM-L6
 
@@ -64,9 +65,9 @@ class PixelDecoder(nn.Module):
 
     def __init__(self, feature_channels: Sequence[int], width: int):
         super().__init__()
-        self.lateral = nn.ModuleList(nn.Sequential(nn.Conv3d(c, width, 1), _norm(width)) for c in feature_channels)
+        self.lateral = nn.ModuleList(nn.Sequential(Conv3d(c, width, 1), _norm(width)) for c in feature_channels)
         self.fuse = nn.Sequential(
-            nn.Conv3d(width, width, 3, padding=1), _norm(width), nn.GELU(),
+            Conv3d(width, width, 3, padding=1), _norm(width), nn.GELU(),
         )
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -115,13 +116,13 @@ class CTTextSegmenter(nn.Module):
         self.key_index = {key: i for i, key in enumerate(cfg.keys)}
         self.key_query = nn.Parameter(torch.randn(len(cfg.keys), w))
         self.image_stem = nn.Sequential(
-            nn.Conv3d(1, cfg.image_width, 3, padding=1), nn.GELU(),
-            nn.Conv3d(cfg.image_width, cfg.image_width, 3, padding=1), nn.GELU(),
+            Conv3d(1, cfg.image_width, 3, padding=1), nn.GELU(),
+            Conv3d(cfg.image_width, cfg.image_width, 3, padding=1), nn.GELU(),
         )
         self.refine_head = nn.Sequential(
-            nn.Conv3d(cfg.image_width + 1, cfg.refine_width, (1, 3, 3), padding=(0, 1, 1)), nn.GELU(),
-            nn.Conv3d(cfg.refine_width, cfg.refine_width, (3, 1, 1), padding=(1, 0, 0)), nn.GELU(),
-            nn.Conv3d(cfg.refine_width, 1, 1),
+            Conv3d(cfg.image_width + 1, cfg.refine_width, (1, 3, 3), padding=(0, 1, 1)), nn.GELU(),
+            Conv3d(cfg.refine_width, cfg.refine_width, (3, 1, 1), padding=(1, 0, 0)), nn.GELU(),
+            Conv3d(cfg.refine_width, 1, 1),
         )
         nn.init.zeros_(self.refine_head[-1].weight)
         nn.init.zeros_(self.refine_head[-1].bias)

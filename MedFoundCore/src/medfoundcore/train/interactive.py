@@ -50,7 +50,7 @@ class InteractiveTrainConfig:
     max_minutes: float | None = None
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    crop_zxy: tuple[int, int, int] = (16, 32, 32)  # 6 mm voxels: 96 × 192 × 192 mm (inference regions are larger)
+    crop_zxy: tuple[int, int, int] = (16, 40, 40)  # 6 mm voxels: 96 × 240 × 240 mm (inference regions are larger)
     refine_zxy: tuple[int, int, int] = (8, 16, 16)
     max_corrections: int = 3  # simulated rounds before the trained one: 0..max
     first: tuple[float, float, float] = (0.6, 0.25, 0.15)  # probability of a click, a box, a stroke first
@@ -94,9 +94,22 @@ class InteractiveSample:
     key: str
 
 
-def sample_target(case: CachedCase, targets: dict[str, list[int]], cfg: InteractiveTrainConfig, rng: random.Random) -> InteractiveSample | None:
-    """A crop of ``case`` around one of its structures (``None`` if the crop misses it)."""
-    key = rng.choice(sorted(targets))
+def target_weights(case: CachedCase, targets: dict[str, list[int]]) -> dict[str, float]:
+    """How often each structure of a case is drawn: ∝ √(its voxels). Drawn uniformly, the many small
+    structures (ribs, vessels, muscles) taught a prior of small masks: after 1 500 steps one click in
+    a held-out liver gave a 2 % mask (Dice 0.01) while humeri and muscles reached 0.6–0.8."""
+    counts = np.bincount(np.asarray(case.array("labels")).ravel())
+    return {k: float(np.sqrt(sum(counts[v] for v in values if v < len(counts)))) for k, values in targets.items()}
+
+
+def sample_target(
+    case: CachedCase, targets: dict[str, list[int]], cfg: InteractiveTrainConfig, rng: random.Random,
+    weights: dict[str, float] | None = None,
+) -> InteractiveSample | None:
+    """A crop of ``case`` around one of its structures (``None`` if the crop misses it); structures are
+    drawn by ``weights`` (default: equally)."""
+    keys = sorted(targets)
+    key = rng.choices(keys, [weights[k] for k in keys] if weights else None)[0]
     labels = case.array("labels")
     coarse = labels[::2, ::4, ::4]
     where = np.flatnonzero(np.isin(coarse, targets[key]))
@@ -228,6 +241,7 @@ def train_interactive(
         net.load_state_dict(init)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     weights = case_weights(cases, targets)
+    sizes = [target_weights(c, t) for c, t in zip(cases, targets)]
     history: dict = {"loss": [], "cases": [c.case_id for c in cases], "structures": sorted({k for t in targets for k in t})}
     step = 0
     latest = latest_checkpoint(workdir)
@@ -250,7 +264,7 @@ def train_interactive(
         if cfg.max_minutes is not None and minutes() > cfg.max_minutes:
             break
         i = rng.choices(range(len(cases)), weights)[0]
-        sample = sample_target(cases[i], targets[i], cfg, rng)
+        sample = sample_target(cases[i], targets[i], cfg, rng, sizes[i])
         if sample is None:
             continue
         for group in opt.param_groups:
