@@ -71,6 +71,9 @@ def test_simulated_clicks_land_where_a_user_would_click():
     point, include = interaction.corrective_click(mask, leak, VOXEL_MM_ZXY)
     assert not include and leak[tuple(point.astype(int))] and not mask[tuple(point.astype(int))]
     assert interaction.corrective_click(mask, mask, VOXEL_MM_ZXY) is None
+    cut = np.zeros((20, 40, 40), dtype=bool)
+    cut[10:, 10:30, 10:30] = True  # cut by the image's last slice: its middle is inside, not on the cut
+    assert 13 <= interaction.centre_point(cut, VOXEL_MM_ZXY)[0] <= 16
     box = interaction.jittered_box(mask, VOXEL_MM_ZXY, random.Random(0), jitter_mm=3.0)
     assert np.all(np.abs(box[0] - [5, 10, 10]) <= [1, 2, 2]) and np.all(np.abs(box[1] - [14, 29, 29]) <= [1, 2, 2])
 

@@ -19,10 +19,18 @@ def _bbox(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...]:
     return tuple(slice(max(0, int(w.min()) - margin), min(n, int(w.max()) + 1 + margin)) for w, n in zip(where, mask.shape))
 
 
+def _edt(mask: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """Distance (mm) to the outside, where the array's own edge counts as outside: a structure cut by
+    the image (or a training crop) has its middle inside, not on the cut. (Without the padding the
+    "deepest" voxel of a liver cut by the top slice was on that slice.)"""
+    inner = tuple(slice(1, -1) for _ in range(mask.ndim))
+    return ndi.distance_transform_edt(np.pad(mask, 1), sampling=spacing)[inner]
+
+
 def depth_map(mask: np.ndarray, spacing: Sequence[float]) -> tuple[np.ndarray, tuple[slice, ...]]:
     """Distance (mm) of each voxel of ``mask`` to its outside, on the mask's bounding box."""
     box = _bbox(mask)
-    return ndi.distance_transform_edt(mask[box], sampling=spacing), box
+    return _edt(mask[box], spacing), box
 
 
 def centre_point(mask: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
@@ -77,7 +85,7 @@ def stroke(mask: np.ndarray, spacing: Sequence[float], rng: random.Random) -> np
     point through the slice's centre to another deep point (what a user scribbles inside an organ)."""
     areas = mask.sum(axis=(1, 2)).astype(np.float64)
     z = rng.choices(range(len(areas)), weights=areas)[0]
-    depth = ndi.distance_transform_edt(mask[z], sampling=spacing[1:])
+    depth = _edt(mask[z], spacing[1:])
     centre = np.unravel_index(int(np.argmax(depth)), depth.shape)
     deep = np.flatnonzero(depth >= 0.5 * depth.max())
     ends = [np.unravel_index(int(deep[rng.randrange(deep.size)]), depth.shape) for _ in range(2)]
