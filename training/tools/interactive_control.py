@@ -8,7 +8,7 @@ Run one arm per core, side by side, then join:
     . training/ct_sets.sh
     FEW="$D/totalsegmentator/ts_ct_full_img.nii.gz $(ls $D/openkbp/train_pt_*_img.nii.gz | sort -V | head -10)"
     for arm in pretrained random; do OMP_NUM_THREADS=1 python training/tools/interactive_control.py --arm $arm \\
-        --train $FEW --heldout $HELD --minutes 20 --json runs/click-control-$arm.json & done; wait
+        --train $FEW --heldout $HELD --structures $CLICK_S --steps 1500 --minutes 600 --json runs/click-control-$arm.json & done; wait
     python training/tools/interactive_control.py --join runs/click-control-pretrained.json runs/click-control-random.json
 """
 
@@ -32,7 +32,8 @@ def run_arm(args: argparse.Namespace) -> dict:
     net, history = train_interactive(cases, Path(args.work_root) / name, cfg)
     model_dir = Path(args.work_root) / f"{name}-model"
     ship_interactive(net, history, name, model_dir, training_data={"cases": history["cases"]}, overwrite=True, encoder_pretrained=pretrained)
-    report = quality_report(find_cases(args.heldout), str(model_dir), arms=("learned",), clicks=args.clicks, min_ml=args.min_ml)
+    report = quality_report(find_cases(args.heldout), str(model_dir), arms=("learned",), clicks=args.clicks, min_ml=args.min_ml,
+                            structures=args.structures)
     report["training"] = {"steps": history["steps_done"], "train_minutes": history["train_minutes"], "cases": history["cases"], "arm": args.arm}
     return report
 
@@ -59,6 +60,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--clicks", type=int, default=5)
     parser.add_argument("--min-ml", type=float, default=1.0)
+    parser.add_argument("--structures", nargs="+", help="vocabulary keys scored (default: every labelled structure)")
     parser.add_argument("--cache-root", default="runs/ct-cache")
     parser.add_argument("--work-root", default="runs")
     parser.add_argument("--json", help="where an arm writes its report")

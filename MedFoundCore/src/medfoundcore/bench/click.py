@@ -210,7 +210,8 @@ def quality_report(
                     negatives = [r for r, i in zip(ras, include) if not i]
                     return click_segment(image, positives, negatives, model=None).mask.array > 0
 
-                row["intensity"], _, _ = simulated_clicks(intensity, target, spacing, clicks)
+                row["intensity"], seconds, _ = simulated_clicks(intensity, target, spacing, clicks)
+                row["intensity_seconds"] = [round(s, 3) for s in seconds]
             if "region-growing" in arms:
                 from ..data.interaction import centre_point
                 from ..metrics import dice

@@ -103,6 +103,7 @@ class _Window:
     size: tuple[int, int, int]
     pixel: torch.Tensor = field(repr=False)  # 1 C z x y
     image: torch.Tensor = field(repr=False)  # 1 c Z X Y
+    keys: list = field(repr=False)  # the similarity levels, [C, z, x, y] each
 
     def contains(self, points: np.ndarray, limit: Sequence[int]) -> bool:
         """Whether every point lies inside, away from an edge that is not the image's own edge."""
@@ -161,8 +162,8 @@ class InteractiveSession:
         report(progress, STAGE, 0, 3, "reading the image (first time on this region: about 10 s on a CPU)")
         tensor = torch.from_numpy(np.ascontiguousarray(self.unit[box], dtype=np.float32))[None, None].to(self.model.device)
         with torch.inference_mode():
-            pixel, image = window_features(self.model.encoder, self.model.decoder, tensor, self.model.tag)
-        self.window = _Window(tuple(start), tuple(size), pixel, image)
+            pixel, image, *keys = window_features(self.model.encoder, self.model.decoder, tensor, self.model.tag)
+        self.window = _Window(tuple(start), tuple(size), pixel, image, [k[0] for k in keys])
 
     # ------------------------------------------------------------------------------ one interaction
     def segment(
@@ -213,14 +214,14 @@ class InteractiveSession:
         if prior is not None:
             t = torch.from_numpy(prior.astype(np.float32))[None, None].to(window.pixel.device)
             prior_coarse = F.avg_pool3d(t, kernel_size=tuple(int(u) for u in up))[0, 0]
+        similarity = net.similarity(window.keys, prompts, tuple(int(n) for n in coarse_shape), prior_coarse)
         lo, hi = _region(prompts, prior, up, coarse_shape)
         for attempt in range(GROW + 1):
             roi = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
             pixel = window.pixel[(slice(None), slice(None), *roi)]
-            shifted = prompts.shifted(lo * up)
             previous = None if prior_coarse is None else prior_coarse[roi]
-            maps, sim = net.prompt_input(pixel, shifted, previous)
-            coarse = net.coarse_logits(pixel, maps, sim)
+            maps = net.prompt_maps(prompts.shifted(lo * up), pixel.shape[-3:], previous, pixel.device)
+            coarse = net.coarse_logits(pixel, maps, similarity[(slice(None), slice(None), *roi)])
             touching = _touching_faces(coarse[0, 0] > 0, lo, hi, coarse_shape)
             if not touching or attempt == GROW:
                 break

@@ -82,17 +82,16 @@ FEATURES = FeatureCache()
 
 
 def window_features(encoder: torch.nn.Module, decoder: torch.nn.Module, window: torch.Tensor, tag: str) -> list[torch.Tensor]:
-    """A decoder's pixel features (6 mm) and full-resolution image features of one window
-    ``[1, 1, Z, X, Y]``, from :data:`FEATURES` when the same voxels were seen before by the same model
-    (``tag``): another prompt, another click, another call on the same CT. The first call returns the
-    stored fp16 values too, so a later call from the cache gives the same result."""
+    """What a decoder keeps of one window ``[1, 1, Z, X, Y]`` (its ``window_outputs``: pixel features,
+    image features, ...), from :data:`FEATURES` when the same voxels were seen before by the same
+    model (``tag``): another prompt, another click, another call on the same CT. The first call returns
+    the stored fp16 values too, so a later call from the cache gives the same result."""
     key = window_digest(window, tag)
     cached = FEATURES.get(key)
     if cached is None:
         with autocast(window.device):
-            pixel = decoder.pixel_features(encoder(window))
-            image = decoder.image_features(window)
-        cached = [t.to("cpu", torch.float16) for t in (pixel, image)]
+            outputs = decoder.window_outputs(encoder(window), window)
+        cached = [t.to("cpu", torch.float16) for t in outputs]
         FEATURES.put(key, cached)
     return [t.to(window.device).float() for t in cached]
 

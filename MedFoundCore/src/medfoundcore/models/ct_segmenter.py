@@ -167,6 +167,10 @@ class CTTextSegmenter(nn.Module):
         up = F.interpolate(coarse, size=image_features.shape[-3:], mode="trilinear", align_corners=False)
         return up + self.refine_head(torch.cat([image_features, up], dim=1))
 
+    def window_outputs(self, features: Sequence[torch.Tensor], window: torch.Tensor) -> list[torch.Tensor]:
+        """What a window's cache holds: pixel features and image features."""
+        return [self.pixel_features(features), self.image_features(window)]
+
     def presence_logits(self, pixel: torch.Tensor, text: torch.Tensor, keys: Sequence[str | None]) -> torch.Tensor:
         return self.presence(pixel, self.queries(text, keys))
 

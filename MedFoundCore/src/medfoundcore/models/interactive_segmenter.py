@@ -23,7 +23,7 @@ from torch import nn
 from .backbones.ct_foundation import FEATURE_CHANNELS, FEATURE_STRIDES
 from .ct_segmenter import ChannelNorm3d, PixelDecoder
 from .fast_conv import Conv3d
-from .prompt_encoder import CHANNELS, PromptEncoder, Prompts, prompt_maps, similarity_maps
+from .prompt_encoder import CHANNELS, SIMILARITY_CHANNELS, SIMILARITY_LEVELS, PromptEncoder, Prompts, prompt_maps, similarity_maps
 
 #: The U-Net halves the 6 mm grid this many times: regions must be multiples of 2**DEPTH.
 DEPTH = 2
@@ -101,10 +101,15 @@ class InteractiveSegmenter(nn.Module):
         # A direct path from the raw prompt and similarity maps to the logit: "near the click and alike
         # to it" is a mask from the first step, which the U-Net then corrects (without it the decoder
         # first collapsed to "nothing anywhere" for a hundred steps).
-        self.shortcut = Conv3d(len(CHANNELS) + 3, 1, 1)
-        # Similarity is measured in a learned projection: the fused features themselves are alike
-        # everywhere after LayerNorm + GELU (cosine 0.97 on average over a window, measured).
-        self.similarity_key = Conv3d(cfg.width, cfg.width, 1)
+        self.shortcut = Conv3d(len(CHANNELS) + SIMILARITY_CHANNELS, 1, 1)
+        # Per-channel statistics of the frozen encoder's similarity levels over the training bodies
+        # (set once by training, shipped with the weights): similarity is measured on standardised
+        # features. (On the fused pixel features, even through a learned projection, it was ~0.98
+        # everywhere and carried nothing; docs/interactive.md.)
+        for level in SIMILARITY_LEVELS:
+            channels = cfg.feature_channels[level - 1]
+            self.register_buffer(f"key_mean{level}", torch.zeros(channels))
+            self.register_buffer(f"key_std{level}", torch.ones(channels))
         self.image_stem = nn.Sequential(
             Conv3d(1, cfg.image_width, 3, padding=1), nn.GELU(),
             Conv3d(cfg.image_width, cfg.image_width, 3, padding=1), nn.GELU(),
@@ -129,13 +134,35 @@ class InteractiveSegmenter(nn.Module):
         """Full-resolution features of the [0, 1] image ``[B, 1, Z, X, Y]``."""
         return self.image_stem(image)
 
-    def prompt_input(self, pixel: torch.Tensor, prompts: Prompts, previous: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw prompt maps and similarity maps for one region ``pixel`` ``[1, C, z, x, y]`` (prompts in
-        that region's full-resolution voxel indices; ``previous`` its mask fraction per 6 mm voxel)."""
-        shape = pixel.shape[-3:]
-        maps = prompt_maps(prompts, shape, self.upsample, previous, pixel.device)
-        similarity = similarity_maps(self.similarity_key(pixel)[0], prompts, self.upsample, previous)
-        return maps[None], similarity[None]
+    def set_key_statistics(self, stats: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Per-channel mean and std of each similarity level's encoder features (training data)."""
+        for level, (mean, std) in stats.items():
+            getattr(self, f"key_mean{level}").copy_(mean)
+            getattr(self, f"key_std{level}").copy_(std.clamp_min(1e-6))
+
+    def similarity_keys(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The frozen encoder's similarity levels of one region (``features``: its layer1..4 maps,
+        ``[1, C, ...]`` each), standardised and unit length: ``[C, z, x, y]`` per level, no gradient."""
+        keys = []
+        for level in SIMILARITY_LEVELS:
+            mean, std = getattr(self, f"key_mean{level}"), getattr(self, f"key_std{level}")
+            f = features[level - 1][0].detach().float()
+            keys.append(F.normalize((f - mean[:, None, None, None]) / std[:, None, None, None], dim=0))
+        return keys
+
+    def prompt_maps(self, prompts: Prompts, shape: Sequence[int], previous: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+        """Raw prompt maps ``[1, 7, *shape]`` of a region (prompts in its full-resolution voxel indices;
+        ``previous`` its mask fraction per 6 mm voxel)."""
+        return prompt_maps(prompts, shape, self.upsample, previous, device)[None]
+
+    def similarity(self, keys: Sequence[torch.Tensor], prompts: Prompts, shape: Sequence[int], previous: torch.Tensor | None) -> torch.Tensor:
+        """Similarity maps ``[1, 6, *shape]`` of a region from its :meth:`similarity_keys`."""
+        strides = [FEATURE_STRIDES[level - 1] for level in SIMILARITY_LEVELS]
+        return similarity_maps(keys, strides, prompts, shape, previous)[None]
+
+    def window_outputs(self, features: Sequence[torch.Tensor], window: torch.Tensor) -> list[torch.Tensor]:
+        """What a window's cache holds: pixel features, image features and the similarity keys."""
+        return [self.pixel_features(features), self.image_features(window), *(k[None] for k in self.similarity_keys(features))]
 
     def coarse_logits(self, pixel: torch.Tensor, maps: torch.Tensor, similarity: torch.Tensor) -> torch.Tensor:
         """Mask logits on the 6 mm grid ``[1, 1, z, x, y]`` (each of z, x, y a multiple of 2**DEPTH)."""

@@ -146,28 +146,46 @@ def point_features(pixel: torch.Tensor, points: np.ndarray, stride: Sequence[int
     return sampled[0, :, :, 0, 0].T
 
 
-def similarity_maps(pixel: torch.Tensor, prompts: Prompts, stride: Sequence[int], previous: torch.Tensor | None) -> torch.Tensor:
-    """How much each voxel looks like what was included / excluded / segmented so far: cosine
-    similarity of its (normalised) pixel features to the mean feature at the include points, the
-    best match among the exclude points, and the mean feature of the current mask. ``[3, z, x, y]``;
-    a map without its prompt is 0. These give a click reach across the whole window at once."""
-    unit = F.normalize(pixel, dim=0)
-    out = []
-    for include in (True, False):
-        feats = point_features(unit, prompts.points[prompts.include == include], stride)
-        if len(feats) == 0:
-            out.append(unit.new_zeros(unit.shape[1:]))
-        elif include:
-            out.append(torch.einsum("czxy,c->zxy", unit, F.normalize(feats.mean(0), dim=0)))
+#: Encoder stages whose (frozen, pretrained) features the similarity maps read: layer2 (12 mm grid)
+#: and layer3 (24 mm). Measured on cached training features, the cosine similarity of standardised
+#: layer3 features to one click's separates the clicked structure from the rest of the body with
+#: ROC AUC 0.79 (liver) to 0.99 (kidney, aorta, brainstem) before any training.
+SIMILARITY_LEVELS = (2, 3)
+#: Per level: include, exclude and current-mask similarity.
+SIMILARITY_CHANNELS = 3 * len(SIMILARITY_LEVELS)
+
+
+def similarity_maps(
+    keys: Sequence[torch.Tensor], strides: Sequence[Sequence[int]], prompts: Prompts, shape: Sequence[int],
+    previous: torch.Tensor | None,
+) -> torch.Tensor:
+    """How much each voxel looks like what was included / excluded / segmented so far, per encoder
+    level: cosine similarity of its features (``keys``: standardised, unit-length ``[C, z, x, y]`` of
+    one region, one per level, with full-resolution ``strides``) to the mean feature at the include
+    points, the best-matching exclude point, and the mean feature of the current mask (``previous``,
+    a fraction per voxel of the ``shape`` grid). Computed on each level's own grid, then brought to
+    ``shape``: ``[SIMILARITY_CHANNELS, *shape]``; a map without its prompt is 0. They give a click reach
+    across the whole region at once, through the pretrained features."""
+    levels = []
+    for key, stride in zip(keys, strides):
+        grid = key.shape[1:]
+        out = []
+        for include in (True, False):
+            feats = point_features(key, prompts.points[prompts.include == include], stride)
+            if len(feats) == 0:
+                out.append(key.new_zeros(grid))
+            elif include:
+                out.append(torch.einsum("czxy,c->zxy", key, F.normalize(feats.mean(0), dim=0)))
+            else:
+                out.append(torch.einsum("czxy,nc->nzxy", key, F.normalize(feats, dim=1)).amax(0))
+        weight = None if previous is None else F.adaptive_avg_pool3d(previous.to(key).reshape(1, *shape), grid)[0]
+        if weight is None or float(weight.sum()) < 1e-3:
+            out.append(key.new_zeros(grid))
         else:
-            out.append(torch.einsum("czxy,nc->nzxy", unit, F.normalize(feats, dim=1)).amax(0))
-    weight = None if previous is None else previous.to(unit).reshape(unit.shape[1:])
-    if weight is None or float(weight.sum()) < 1e-3:
-        out.append(unit.new_zeros(unit.shape[1:]))
-    else:
-        proto = (unit * weight).sum(dim=(1, 2, 3)) / weight.sum()
-        out.append(torch.einsum("czxy,c->zxy", unit, F.normalize(proto, dim=0)))
-    return torch.stack(out)
+            proto = (key * weight).sum(dim=(1, 2, 3)) / weight.sum()
+            out.append(torch.einsum("czxy,c->zxy", key, F.normalize(proto, dim=0)))
+        levels.append(F.interpolate(torch.stack(out)[None], size=tuple(shape), mode="trilinear", align_corners=False)[0])
+    return torch.cat(levels)
 
 
 class PromptEncoder(nn.Module):
@@ -175,8 +193,8 @@ class PromptEncoder(nn.Module):
 
     def __init__(self, width: int):
         super().__init__()
-        self.embed = nn.Sequential(nn.Conv3d(len(CHANNELS) + 3, width, 1), nn.GELU(), nn.Conv3d(width, width, 1))
+        self.embed = nn.Sequential(nn.Conv3d(len(CHANNELS) + SIMILARITY_CHANNELS, width, 1), nn.GELU(), nn.Conv3d(width, width, 1))
 
     def forward(self, maps: torch.Tensor, similarity: torch.Tensor) -> torch.Tensor:
-        """``maps`` [B, 7, z, x, y], ``similarity`` [B, 3, z, x, y] → [B, width, z, x, y]."""
+        """``maps`` [B, 7, z, x, y], ``similarity`` [B, 6, z, x, y] → [B, width, z, x, y]."""
         return self.embed(torch.cat([maps, similarity], dim=1))

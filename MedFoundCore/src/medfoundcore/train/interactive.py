@@ -86,6 +86,30 @@ def interactive_targets(case: CachedCase, vocab: Vocabulary, held_out: Sequence[
     return out
 
 
+def key_statistics(cases: Sequence[CachedCase], voxels_per_case: int = 4096, seed: int = 0) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Per-channel mean and std of the similarity levels' encoder features over the training bodies
+    (a fixed random sample of body voxels per case): what similarity standardises with."""
+    from ..models.backbones.ct_foundation import FEATURE_STRIDES
+    from ..models.prompt_encoder import SIMILARITY_LEVELS
+    from ..preprocess import BODY_LEVEL
+
+    rng = np.random.default_rng(seed)
+    stats = {}
+    for level in SIMILARITY_LEVELS:
+        stride = FEATURE_STRIDES[level - 1]
+        samples = []
+        for case in cases:
+            feature = case.array(f"f{level}")
+            body = np.asarray(case.array("image")[:: stride[0], :: stride[1], :: stride[2]])[: feature.shape[1], : feature.shape[2], : feature.shape[3]] > BODY_LEVEL
+            where = np.flatnonzero(body)
+            if where.size:
+                pick = np.sort(rng.choice(where, min(voxels_per_case, where.size), replace=False))
+                samples.append(np.asarray(feature, dtype=np.float32).reshape(feature.shape[0], -1)[:, pick])
+        values = torch.from_numpy(np.concatenate(samples, axis=1))
+        stats[level] = (values.mean(1), values.std(1))
+    return stats
+
+
 @dataclass
 class InteractiveSample:
     features: list[torch.Tensor]
@@ -164,16 +188,22 @@ def upsample_mask(coarse: torch.Tensor, up: Sequence[int]) -> np.ndarray:
     return out
 
 
+def prompt_input(net: InteractiveSegmenter, pixel: torch.Tensor, keys: list[torch.Tensor], prompts: Prompts,
+                 previous: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt maps and similarity maps of a training crop."""
+    shape = pixel.shape[-3:]
+    return net.prompt_maps(prompts, shape, previous, pixel.device), net.similarity(keys, prompts, shape, previous)
+
+
 def simulate(
-    net: InteractiveSegmenter, pixel: torch.Tensor, mask: np.ndarray, prompts: Prompts, rounds: int
+    net: InteractiveSegmenter, pixel: torch.Tensor, keys: list[torch.Tensor], mask: np.ndarray, prompts: Prompts, rounds: int
 ) -> tuple[Prompts, torch.Tensor | None]:
     """``rounds`` rounds of prediction (no gradient) and a corrective click in the largest error;
     returns the prompts so far and the last prediction as the current mask (fraction per 6 mm voxel)."""
     previous = None
     for _ in range(rounds):
         with torch.no_grad():
-            maps, sim = net.prompt_input(pixel, prompts, previous)
-            coarse = net.coarse_logits(pixel, maps, sim)[0, 0] > 0
+            coarse = net.coarse_logits(pixel, *prompt_input(net, pixel, keys, prompts, previous))[0, 0] > 0
         click = interaction.corrective_click(mask, upsample_mask(coarse, net.upsample), VOXEL_MM_ZXY)
         previous = coarse.float()
         if click is None:
@@ -198,13 +228,15 @@ def _refine_box(mask: np.ndarray, coarse_shape: Sequence[int], size: Sequence[in
 def sample_loss(
     net: InteractiveSegmenter, sample: InteractiveSample, cfg: InteractiveTrainConfig, rng: random.Random
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    pixel = net.pixel_features([f[None] for f in sample.features])
+    features = [f[None] for f in sample.features]
+    pixel = net.pixel_features(features)
+    keys = net.similarity_keys(features)
     prompts = first_prompts(sample.mask, cfg, rng)
     rounds = rng.randint(0, cfg.max_corrections)
-    prompts, previous = simulate(net, pixel.detach(), sample.mask, prompts, rounds)
+    prompts, previous = simulate(net, pixel.detach(), keys, sample.mask, prompts, rounds)
     if rng.random() < cfg.drop_previous:
         previous = None
-    maps, sim = net.prompt_input(pixel, prompts, previous)
+    maps, sim = prompt_input(net, pixel, keys, prompts, previous)
     coarse = net.coarse_logits(pixel, maps, sim)
     target = torch.from_numpy(sample.mask.astype(np.float32))[None, None]
     frac = F.avg_pool3d(target, kernel_size=net.upsample)
@@ -239,6 +271,8 @@ def train_interactive(
     net = build_interactive_segmenter(cfg.model)
     if init is not None:
         net.load_state_dict(init)
+    else:
+        net.set_key_statistics(key_statistics(cases))
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     weights = case_weights(cases, targets)
     sizes = [target_weights(c, t) for c, t in zip(cases, targets)]
