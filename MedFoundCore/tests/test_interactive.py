@@ -245,3 +245,32 @@ def test_serve_runs_the_intensity_engine_too(shared_data, tmp_path, capsys, monk
     answers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     final = {m["id"]: m for m in answers if "id" in m}
     assert answers[0]["model"] == "intensity" and final[1]["voxels"] > 0 and "points only" in final[2]["error"]
+
+
+def test_bench_reports_join_case_by_case_arms_onto_the_others():
+    """The slow intensity arm runs case by case: its reports add up, then merge with the other arms'
+    on the pairs both scored (a pair the intensity arm never reached is left out)."""
+    from medfoundcore.bench.click import joined
+
+    def report(arm, pairs, clicks):
+        return {"model": "m", "clicks": clicks, "rows": [{"case": c, "name": n, "class": "unseen", arm: [0.5] * clicks} for c, n in pairs]}
+
+    learned = report("learned", [("a", "spleen"), ("b", "spleen"), ("c", "liver")], 5)
+    learned["rows"][0]["text"] = 0.7
+    merged = joined([learned, report("intensity", [("a", "spleen")], 3), report("intensity", [("b", "spleen")], 3)])
+    assert [(r["case"], sorted(k for k in r if k in ("learned", "intensity", "text"))) for r in merged["rows"]] == [
+        ("a", ["intensity", "learned", "text"]), ("b", ["intensity", "learned"])]
+    assert merged["clicks"] == 3 and merged["summary"]["unseen"]["pairs"] == 2
+
+
+def test_the_default_on_an_mri_is_the_intensity_engine(shared_data):
+    """interactive-v1 is trained on CT; on an MRI ``default`` is the classical engine, and a box says
+    which model to choose for it."""
+    from medfoundcore import click
+    from medfoundcore.inference.interactive import IntensitySession, open_session
+
+    mri = load_volume(shared_data / "totalsegmentator" / "ts_mr_sm_img.nii.gz")
+    assert isinstance(open_session(mri, "default", "cpu"), IntensitySession)
+    centre = tuple(mri.index_to_ras(np.array(mri.shape[::-1])[None] / 2)[0])
+    with pytest.raises(InputError, match="default for an MRI.*--model interactive-v1"):
+        click(mri, [centre], box=[centre, centre])

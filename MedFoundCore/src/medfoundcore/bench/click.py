@@ -279,11 +279,16 @@ def _means(rows: list[dict], marks: list[int]) -> dict:
 
 
 def joined(reports: list[dict]) -> dict:
-    """Several reports on the same cases (e.g. the slow intensity arm run beside the others) as one:
-    the arms of each (case, structure) pair merged, pairs not in every report left out."""
-    keyed = [{(r["case"], r["name"]): r for r in report["rows"]} for report in reports]
-    shared = sorted(set.intersection(*(set(k) for k in keyed)))
-    rows = [{k: v for rows in keyed for k, v in rows[pair].items()} for pair in shared]
+    """Several reports as one. Reports of the same arms (e.g. the slow intensity arm run case by case)
+    add their rows; reports of different arms merge the arms of each (case, structure) pair, and pairs
+    not scored by every arm are left out. Clicks: the fewest any report ran."""
+    by_arms: dict[tuple, dict] = {}
+    for report in reports:
+        rows = {(r["case"], r["name"]): r for r in report["rows"]}
+        arms = tuple(sorted({k for r in rows.values() for k in r if k in ("learned", "intensity", "region_growing", "text")}))
+        by_arms.setdefault(arms, {}).update(rows)
+    shared = sorted(set.intersection(*(set(rows) for rows in by_arms.values())))
+    rows = [{k: v for group in by_arms.values() for k, v in group[pair].items()} for pair in shared]
     clicks = min(report["clicks"] for report in reports)
     return {"benchmark": NAME, "model": reports[0]["model"], "clicks": clicks, "rows": rows, "summary": summarize(rows, clicks)}
 

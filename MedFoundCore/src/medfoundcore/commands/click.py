@@ -6,7 +6,9 @@ Coordinates are RAS millimetres exactly as 3D Slicer shows them (markup coordina
 ``:-`` an exclude point (``--negative R,A,S`` is the same as ``--point R,A,S:-``). ``--box`` takes two
 opposite corners ``R1,A1,S1,R2,A2,S2``; ``--scribble`` a stroke ``"R,A,S;R,A,S;...[:+|:-]"``;
 ``--previous`` the current mask to refine. OUT is a 0/1 label map on the input grid, written only on
-success and never over an existing file without ``--overwrite`` (the input image never).
+success and never over an existing file without ``--overwrite`` (the input image never). The default
+model is the learned ``interactive-v1`` on a CT and the classical intensity engine (points only) on an
+MRI, where it scores higher (docs/interactive.md); ``--model`` picks either anywhere.
 
 ``--serve`` keeps the image and the model loaded and answers one request per JSON line on stdin
 (for 3D Slicer: the encoder runs once, every further interaction reruns the decoder only)::
@@ -16,7 +18,7 @@ success and never over an existing file without ``--overwrite`` (the input image
      "output": PATH}
     {"command": "quit"}
 
-It prints ``{"ready": ...}`` once loaded, progress lines, and per request ``{"id", "output", "voxels",
+It prints ``{"ready": true, "model": NAME | "intensity", "shape": ...}`` once loaded, progress lines, and per request ``{"id", "output", "voxels",
 "volume_ml", "seconds"}`` or ``{"id", "error"}``.
 """
 
@@ -44,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--previous", metavar="MASK", help="the current mask (label map on the image's grid) to refine")
     parser.add_argument("-o", "--output", help="output label map (.nii.gz, .nrrd, .mha); not with --serve")
     parser.add_argument("--model", default="default",
-                        help="'default' = the learned interactive model; 'intensity' = the classical intensity engine (points only); or a model name")
+                        help="'default' = the learned interactive model on a CT, the intensity engine on an MRI; 'intensity' = the classical intensity engine (points only); or a model name")
     parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     parser.add_argument("--serve", action="store_true", help="answer JSON-line requests on stdin (see above) until 'quit' or end of input")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
@@ -138,14 +140,11 @@ def _summary(mask, output: Path, started: float) -> dict:
 
 def serve(args: argparse.Namespace, volume) -> int:
     """The request loop of ``--serve``: one session, one JSON line per request and per answer."""
-    from ..inference.interactive import DEFAULT_MODEL, InteractiveSession, IntensitySession, is_intensity_engine
+    from ..inference.interactive import IntensitySession, open_session
 
     progress = json_progress()
-    if is_intensity_engine(args.model):
-        session, name = IntensitySession(volume, args.model, args.device), "intensity"
-    else:
-        session = InteractiveSession(volume, DEFAULT_MODEL if args.model == "default" else args.model, args.device)
-        name = session.model.card.name
+    session = open_session(volume, args.model, args.device)
+    name = "intensity" if isinstance(session, IntensitySession) else session.model.card.name
     _answer({"ready": True, "model": name, "shape": list(volume.shape)})
     for line in sys.stdin:
         if not line.strip():

@@ -30,6 +30,9 @@ from .windows import WINDOW_ZXY, window_features, window_size
 
 MODEL_KIND = "ct-interactive-segmenter"
 DEFAULT_MODEL = "interactive-v1"
+#: Where ``default`` means the learned model: it is trained on CT only, and on MRI the intensity engine
+#: scores higher from one click (docs/interactive.md, "MRI"); elsewhere ``default`` is that engine.
+LEARNED_MODALITIES = ("CT",)
 #: The decoder's region: the prompts' and current mask's box plus this margin (6 mm voxels), at least
 #: :data:`MIN_REGION`; a mask touching an inner face of the region grows it, at most GROW times.
 MARGIN = 8
@@ -135,13 +138,18 @@ class InteractiveSession:
         return ijk[:, [2, 0, 1]]
 
     def prompts(self, interaction: Interaction) -> Prompts:
-        """The interaction on the encoder grid, strokes laid out as points."""
+        """The interaction on the encoder grid, strokes laid out as points. A box without an include
+        point gets one at its centre: from a box alone the trained model returns almost nothing
+        (docs/interactive.md, "A box alone")."""
         points = self.to_voxels(np.asarray(interaction.points, dtype=np.float64).reshape(-1, 3))
         prompts = Prompts(points, np.asarray(interaction.include, dtype=bool))
         for vertices, include in zip(interaction.strokes, interaction.stroke_include):
             prompts = prompts.added(stroke_points(self.to_voxels(np.asarray(vertices))), bool(include))
         if interaction.box is not None:
-            prompts = Prompts(prompts.points, prompts.include, self.to_voxels(np.asarray(interaction.box)))
+            box = self.to_voxels(np.asarray(interaction.box))
+            if not prompts.include.any():  # a box alone: read as the box with an include point at its centre
+                prompts = prompts.added(box.mean(0, keepdims=True), True)
+            prompts = Prompts(prompts.points, prompts.include, box)
         return prompts
 
     # ------------------------------------------------------------------------------ the window
@@ -387,16 +395,22 @@ def click(
 
     ``points``: ``(R, A, S)`` (include) or ``(R, A, S, include)`` in RAS mm; ``box``: two opposite
     RAS corners; ``scribbles``: ``(polyline, include)`` pairs; ``previous``: the current mask to
-    refine. ``model``: ``"default"`` (the learned interactive model), a model name, or
-    ``"intensity"`` (the classical engine, points only).
+    refine. ``model``: ``"default"`` (the learned interactive model on a CT, the intensity engine on
+    an MRI), a model name, or ``"intensity"`` (the classical engine, points only).
     """
     coords, include = _split_points(points)
     interaction = Interaction(coords, include, box, [s[0] for s in scribbles], [bool(s[1]) for s in scribbles])
+    return open_session(volume, model, device).segment(interaction, previous, progress=progress, cancel=cancel)
+
+
+def open_session(volume: Volume, model: str = "default", device: str | torch.device = "auto") -> InteractiveSession | IntensitySession:
+    """The session for ``model`` on ``volume``: ``default`` is the learned model on a CT and the
+    intensity engine on any other modality (:data:`LEARNED_MODALITIES`); a name picks either."""
+    if model == "default":
+        model = DEFAULT_MODEL if detect_modality(volume) in LEARNED_MODALITIES else "intensity"
     if is_intensity_engine(model):
-        session = IntensitySession(volume, model, device)
-    else:
-        session = InteractiveSession(volume, DEFAULT_MODEL if model == "default" else model, device)
-    return session.segment(interaction, previous, progress=progress, cancel=cancel)
+        return IntensitySession(volume, model, device)
+    return InteractiveSession(volume, model, device)
 
 
 def is_intensity_engine(model: str) -> bool:
@@ -420,7 +434,9 @@ class IntensitySession:
         from .click import click as intensity_click
 
         if interaction.box is not None or interaction.strokes or (previous is not None and previous != "last"):
-            raise InputError("the intensity engine takes include/exclude points only; use the learned model for boxes, strokes and a current mask")
+            raise InputError(
+                "the intensity engine (the default for an MRI) takes include/exclude points only; for boxes, strokes and "
+                f"a current mask choose the learned model (--model {DEFAULT_MODEL}, trained on CT)")
         positives = [p for p, i in zip(interaction.points, interaction.include) if i]
         negatives = [p for p, i in zip(interaction.points, interaction.include) if not i]
         return intensity_click(self.volume, positives, negatives, model=self.encoder, device=self.device, progress=progress, cancel=cancel)
