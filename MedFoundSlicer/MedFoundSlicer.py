@@ -617,6 +617,9 @@ class MedFoundSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                          "what is not part of the structure.")
         elif state == interactive.READY and ui.clickStatusLabel.text in (self.LOADING_TEXT, self.UPDATING_TEXT, ""):
             ui.clickStatusLabel.text = _("Ready: mark the structure in a slice view.")
+            if self._interactive.pointsOnly and self._interactive.model == LEARNED_MODEL:
+                ui.clickStatusLabel.text = _("Ready: mark the structure with include and exclude points. This is not a "
+                                             "CT, so the intensity engine answers (the learned model is trained on CT).")
         self._refreshInteractiveButtons()
 
     def _onInteractiveProgress(self, progress) -> None:

@@ -315,6 +315,7 @@ class InteractiveSegmentation:
         self.segmentId = ""
         self.history: list = []
         self._engineKey = None
+        self._engineModel = ""  # what the serving child says it runs: "default" is the intensity engine on an MRI
         self._previous: str | None = None  # "last", "segment" or None: see the module docstring
         self._applied = Prompts()  # the prompts behind the segment's current content
         self._submitted: Prompts | None = None  # the prompts of the last request (never sent twice)
@@ -352,8 +353,8 @@ class InteractiveSegmentation:
 
     @property
     def pointsOnly(self) -> bool:
-        """The intensity engine takes include/exclude points only."""
-        return self.model == INTENSITY_MODEL
+        """The intensity engine takes include/exclude points only (chosen, or the default on an MRI)."""
+        return INTENSITY_MODEL in (self.model, self._engineModel)
 
     # ---------------------------------------------------------------- prompts
     def promptNode(self, tool: str):
@@ -446,7 +447,7 @@ class InteractiveSegmentation:
             return
         try:
             engine = self._ensureEngine()
-            previous = self._previousForRequest()
+            previous = None if self.pointsOnly else self._previousForRequest()
             self._submitted = prompts
             engine.submit(prompts.fields(), previous, tag=(self._generation, prompts, time.perf_counter()))
         except Exception as error:  # noqa: BLE001 - from a markups observer: reported, never raised into VTK
@@ -478,6 +479,7 @@ class InteractiveSegmentation:
         if self.engine is not None:
             self.engine.stop()
         self.engine = None
+        self._engineModel = ""
         self._submitted = None
         if self._previous == "last":  # a new process has no last answer: it gets the segment itself
             self._previous = "segment"
@@ -492,7 +494,8 @@ class InteractiveSegmentation:
         return mode
 
     # ---------------------------------------------------------------- answers (GUI thread, from poll)
-    def _onReady(self, _info: dict) -> None:
+    def _onReady(self, info: dict) -> None:
+        self._engineModel = info.get("model", "")
         self._state(COMPUTING if self.busy else READY)
 
     def _onProgress(self, progress) -> None:
