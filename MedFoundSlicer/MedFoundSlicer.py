@@ -81,7 +81,7 @@ class MedFoundSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     POLL_INTERVAL_MS = 50
     FROM_SCRATCH = _("(train from scratch)")
-    LEARNED_INTERACTIVE = _("Learned model (points, box, strokes)")  # the core's "default" interactive model
+    LEARNED_INTERACTIVE = _("Automatic: the learned model on a CT, intensity only on an MRI")  # the core's "default"
     INTENSITY_ONLY = _("Intensity only, no learning (points only)")
     AUTOMATIC_MODEL = _("Automatic (chosen for the image)")  # the core's "default": per modality (CT or MRI)
     LOADING_TEXT = _("Loading the interactive model (a few seconds, once per volume)...")
@@ -300,7 +300,7 @@ class MedFoundSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                              (self.ui.clickModelComboBox, INTERACTIVE_KINDS)):
             current = combo.currentText
             combo.clear()
-            for model in (m for m in models if m.kind in kinds and m.name != "interactive-v1"):  # that one is "Learned model"
+            for model in (m for m in models if m.kind in kinds):  # interactive-v1 by name: the learned model on any image
                 combo.addItem(model.name)
             if combo is self.ui.modelComboBox:
                 combo.insertItem(0, self.AUTOMATIC_MODEL)

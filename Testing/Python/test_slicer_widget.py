@@ -207,6 +207,9 @@ def test_interactive_panel_points_box_stroke_undo_and_new_segment(widget, shared
     assert session.pointsOnly and not pid_alive(pid)
     assert ui.includePointButton.enabled and ui.excludePointButton.enabled
     assert not ui.boxButton.enabled and not ui.includeStrokeButton.enabled and not ui.excludeStrokeButton.enabled
+    # the learned model by name (what runs it on an MRI, where the automatic choice is the intensity engine)
+    ui.clickModelComboBox.setCurrentIndex(ui.clickModelComboBox.findText("interactive-v1"))
+    assert session.model == "interactive-v1" and not session.pointsOnly and ui.boxButton.enabled
     widget.exit()
     assert widget._shortcuts == []
 
