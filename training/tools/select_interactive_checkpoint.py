@@ -25,7 +25,7 @@ import numpy as np
 from medfoundcore.bench.click import quality_report
 from medfoundcore.data.datasets import find_cases
 from medfoundcore.models.interactive_segmenter import InteractiveConfig, build_interactive_segmenter
-from medfoundcore.registry import read_card
+from medfoundcore.registry import ModelCard, read_card
 from medfoundcore.train.checkpoint import checkpoint_path, load_checkpoint
 from medfoundcore.train.interactive import ship_interactive
 
@@ -38,21 +38,21 @@ def criterion(report: dict) -> float:
     return float(np.mean([(r["learned"][0] + r["learned"][CLICKS - 1]) / 2 for r in rows]))
 
 
-def export(work_dir: Path, step: int, out: Path, training_data: dict, selection: dict | None = None) -> Path:
-    """Checkpoint ``step`` as a model (safetensors + card)."""
+def export(work_dir: Path, step: int, out: Path, final: ModelCard, selection: dict | None = None) -> Path:
+    """Checkpoint ``step`` as a model (safetensors + card), with the run's decoder sizes and training record."""
     state = load_checkpoint(checkpoint_path(work_dir, step))
-    net = build_interactive_segmenter(InteractiveConfig())
+    net = build_interactive_segmenter(InteractiveConfig.from_dict(final.config["model"]))
     net.load_state_dict(state["model"])
     history = json.loads(state["history"])
     history["steps_done"] = step
-    data = dict(training_data, **({"selection": selection} if selection else {}))
+    data = dict(final.training_data, **({"selection": selection} if selection else {}))
     return ship_interactive(net.eval(), history, "interactive-v1", out, training_data=data, overwrite=True)
 
 
-def score(work_dir: Path, step: int, validation: list[str], scores: Path, training_data: dict) -> dict:
+def score(work_dir: Path, step: int, validation: list[str], scores: Path, final: ModelCard) -> dict:
     path = scores / f"step-{step}.json"
     if not path.exists():
-        model = export(work_dir, step, scores / f"step-{step}", training_data)
+        model = export(work_dir, step, scores / f"step-{step}", final)
         report = quality_report(find_cases(validation), str(model), arms=("learned",), clicks=CLICKS)
         path.write_text(json.dumps(report, indent=1))
     return json.loads(path.read_text())
@@ -68,14 +68,14 @@ def main() -> None:
     parser.add_argument("--output-dir", type=Path, required=True)
     args = parser.parse_args()
     args.scores.mkdir(parents=True, exist_ok=True)
-    training_data = read_card(args.final).training_data
-    results = {step: criterion(score(args.work_dir, step, args.validation, args.scores, training_data)) for step in args.steps}
+    final = read_card(args.final)
+    results = {step: criterion(score(args.work_dir, step, args.validation, args.scores, final)) for step in args.steps}
     best = max(results, key=results.get)
     for step, value in results.items():
         print(f"step {step}: validation Dice (1 and {CLICKS} clicks) {value:.3f}{'  <- chosen' if step == best else ''}")
     selection = {"step": best, "criterion": f"mean Dice after 1 and {CLICKS} clicks", "scores": {str(k): round(v, 4) for k, v in results.items()},
                  "validation": [Path(v).name.replace("_img.nii.gz", "") for v in args.validation]}
-    print(export(args.work_dir, best, args.output_dir, training_data, selection))
+    print(export(args.work_dir, best, args.output_dir, final, selection))
 
 
 if __name__ == "__main__":

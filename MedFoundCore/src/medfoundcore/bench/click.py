@@ -27,6 +27,9 @@ from pathlib import Path
 
 NAME = "click"
 ARMS = ("learned", "intensity", "region-growing", "text")
+#: A row's scores: Dice after each click (lists) and Dice from the first click / the text prompt alone.
+CLICK_SCORES = ("learned", "intensity")
+SINGLE_SCORES = ("region_growing", "text")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -240,10 +243,10 @@ def _text_dice(case, targets: dict, device: str) -> dict:
 
 def _row_text(row: dict) -> str:
     parts = [f"{row['case']} {row['name']} ({row['class']})"]
-    for arm in ("learned", "intensity"):
+    for arm in CLICK_SCORES:
         if arm in row:
             parts.append(f"{arm} " + "/".join(f"{d:.2f}" for d in row[arm]))
-    for arm in ("region_growing", "text"):
+    for arm in SINGLE_SCORES:
         if arm in row:
             parts.append(f"{arm} {row[arm]:.2f}")
     return "  ".join(parts)
@@ -266,12 +269,12 @@ def _means(rows: list[dict], marks: list[int]) -> dict:
     import numpy as np
 
     out = {}
-    for arm in ("learned", "intensity"):
+    for arm in CLICK_SCORES:
         have = [r[arm] for r in rows if arm in r]
         if have:
             for m in marks:
                 out[f"{arm}@{m}"] = round(float(np.mean([d[m - 1] for d in have])), 3)
-    for arm in ("region_growing", "text"):
+    for arm in SINGLE_SCORES:
         have = [r[arm] for r in rows if arm in r]
         if have:
             out[arm] = round(float(np.mean(have)), 3)
@@ -285,7 +288,7 @@ def joined(reports: list[dict]) -> dict:
     by_arms: dict[tuple, dict] = {}
     for report in reports:
         rows = {(r["case"], r["name"]): r for r in report["rows"]}
-        arms = tuple(sorted({k for r in rows.values() for k in r if k in ("learned", "intensity", "region_growing", "text")}))
+        arms = tuple(sorted({k for r in rows.values() for k in r if k in CLICK_SCORES + SINGLE_SCORES}))
         by_arms.setdefault(arms, {}).update(rows)
     shared = sorted(set.intersection(*(set(rows) for rows in by_arms.values())))
     rows = [{k: v for group in by_arms.values() for k, v in group[pair].items()} for pair in shared]

@@ -8,7 +8,7 @@ opposite corners ``R1,A1,S1,R2,A2,S2``; ``--scribble`` a stroke ``"R,A,S;R,A,S;.
 ``--previous`` the current mask to refine. OUT is a 0/1 label map on the input grid, written only on
 success and never over an existing file without ``--overwrite`` (the input image never). The default
 model is the learned ``interactive-v1`` on a CT and the classical intensity engine (points only) on an
-MRI, where it scores higher (docs/interactive.md); ``--model`` picks either anywhere.
+MRI, where it scores higher from the first click (docs/interactive.md); ``--model`` picks either anywhere.
 
 ``--serve`` keeps the image and the model loaded and answers one request per JSON line on stdin
 (for 3D Slicer: the encoder runs once, every further interaction reruns the decoder only)::
