@@ -27,7 +27,7 @@ from MedFoundSlicerLib import interactive
 from MedFoundSlicerLib.install import STEPS, InstallCancelled, dependency_status, install_dependencies
 from MedFoundSlicerLib.interactive_server import INTENSITY_MODEL, LEARNED_MODEL
 from MedFoundSlicerLib.jobs import JobCallbacks, JobState
-from MedFoundSlicerLib.logic import DEVICE_CHOICES, INTERACTIVE_KINDS, SEGMENT_KINDS, MedFoundLogic
+from MedFoundSlicerLib.logic import DEVICE_CHOICES, FINETUNE_KINDS, INTERACTIVE_KINDS, SEGMENT_KINDS, MedFoundLogic
 
 try:  # Qt and CTK exist inside Slicer; headless slicer-core runs only the Logic and the Test scenarios.
     import ctk
@@ -296,7 +296,7 @@ class MedFoundSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def refreshModels(self) -> None:
         """Fill every model selector and the Models table from the registry (called after train/import/delete)."""
         models = self.logic.models()
-        for combo, kinds in ((self.ui.modelComboBox, SEGMENT_KINDS), (self.ui.baseModelComboBox, SEGMENT_KINDS),
+        for combo, kinds in ((self.ui.modelComboBox, SEGMENT_KINDS), (self.ui.baseModelComboBox, FINETUNE_KINDS),
                              (self.ui.clickModelComboBox, INTERACTIVE_KINDS)):
             current = combo.currentText
             combo.clear()

@@ -178,14 +178,14 @@ def test_cli_writes_the_label_map_on_the_input_grid(trained, shared_data, tmp_pa
     assert set(np.unique(labels.array)) <= {0, 1, 2}
 
 
-def test_default_means_the_ct_model_for_a_ct_once_it_is_installed(trained, other_patient, medfound_home, shared_data, monkeypatch, tmp_path):
+def test_default_means_the_ct_model_for_a_ct_and_the_mri_model_otherwise_once_installed(trained, other_patient, medfound_home, shared_data, monkeypatch, tmp_path):
     from medfoundcore import registry
 
     mri = load_volume(shared_data / "totalsegmentator" / "ts_mr_sm_img.nii.gz")
     assert resolve_default("default", other_patient) == "default-ct"  # the packaged ct-v1
-    assert resolve_default("default", mri) == "default" and resolve_default("starter-v2", other_patient) == "starter-v2"
-    monkeypatch.setattr(registry, "PACKAGED_DIR", tmp_path / "no-packaged-models")  # an install without ct-v1 ...
-    assert resolve_default("default", other_patient) == "default"  # ... falls back to the slice model
+    assert resolve_default("default", mri) == "default-mri" and resolve_default("starter-v2", other_patient) == "starter-v2"
+    monkeypatch.setattr(registry, "PACKAGED_DIR", tmp_path / "no-packaged-models")  # an install without ct-v1 and mri-v1 ...
+    assert resolve_default("default", other_patient) == "default" == resolve_default("default", mri)  # ... the slice model
     net, history = trained[0], trained[1]
     ship(net, history, "ct-v1", None, training_data={})  # a ct-v1 in the user store counts too
     assert resolve_default("default", other_patient) == "default-ct"

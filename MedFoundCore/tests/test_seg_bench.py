@@ -11,7 +11,7 @@ from medfoundcore.data.datasets import find_cases
 
 def test_heldout_report_scores_present_and_prompts_distant_structures(shared_data):
     refs = find_cases([shared_data / "msd_hippocampus" / "hippocampus_203_img.nii.gz"])  # held out of starter-v2
-    report = heldout_report(refs, "default", ["hippocampus", "liver", "grey_matter", "spleen"])
+    report = heldout_report(refs, "starter-v2", ["hippocampus", "liver", "grey_matter", "spleen"])
     (row,) = report["rows"]  # the crop labels only the hippocampus (anterior + posterior merged)
     assert row["case"] == "hippocampus_203" and row["name"] == "hippocampus"
     assert row["dice"] > 0.75  # measured 0.868
@@ -36,7 +36,7 @@ def test_evaluate_scores_the_model_and_a_baseline_trained_in_the_same_run(shared
     hippocampus = shared_data / "msd_hippocampus"
     report = tmp_path / "eval.json"
     code = main(["evaluate", "--heldout", str(hippocampus / "hippocampus_203_img.nii.gz"), "--structures", "hippocampus", "liver",
-                 "--baseline", str(hippocampus / "hippocampus_001_img.nii.gz"), "--minutes", "0.05", "--json", str(report)])
+                 "--baseline", str(hippocampus / "hippocampus_001_img.nii.gz"), "--minutes", "0.05", "--json", str(report), "--model", "starter-v2"])
     assert code == 0
     data = json.loads(report.read_text())
     assert data["baseline"]["steps"] > 0 and data["baseline"]["train_minutes"] == 0.05

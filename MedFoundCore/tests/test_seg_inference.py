@@ -56,7 +56,7 @@ def test_blank_slices_stay_empty(shared_data):
     mri = load_volume(shared_data / "colin27_mricron" / "colin27_ch2_img.nii.gz")  # held-out brain MRI
     padded = np.concatenate([mri.array, np.zeros((12, *mri.shape[1:]), mri.array.dtype)], axis=0)
     volume = Volume(padded, mri.spacing, mri.origin, mri.direction)
-    raw = medfoundcore.segment(volume, ["liver"], device="cpu", use_isd=False, region_check=False)
+    raw = medfoundcore.segment(volume, ["liver"], model=SLICE_MODEL, device="cpu", use_isd=False, region_check=False)
     assert (raw.labels.array[-12:] == 0).all()
     assert raw.reports[0].found  # the raw masks do fire inside the head: only the empty slices are ruled out
 
@@ -68,9 +68,9 @@ def test_no_liver_on_a_brain_mri_veto_first_then_the_one_slice_rule(shared_data)
     one-slice rule removes. The brain tumour, prompted alongside, is untouched by both."""
     mri = load_volume(shared_data / "pyradiomics" / "brain1_img.nii.gz")
     prompts = ["liver", "brain tumor"]
-    unchecked = medfoundcore.segment(mri, prompts, device="cpu", region_check=False, keep_islands=True)
-    vetoed = medfoundcore.segment(mri, prompts, device="cpu", keep_islands=True)
-    checked = medfoundcore.segment(mri, prompts, device="cpu")
+    unchecked = medfoundcore.segment(mri, prompts, model=SLICE_MODEL, device="cpu", region_check=False, keep_islands=True)
+    vetoed = medfoundcore.segment(mri, prompts, model=SLICE_MODEL, device="cpu", keep_islands=True)
+    checked = medfoundcore.segment(mri, prompts, model=SLICE_MODEL, device="cpu")
     before, after_veto, liver = unchecked.reports[0], vetoed.reports[0], checked.reports[0]
     assert before.volume_ml > 50 and before.slices_ruled_out == 0
     assert after_veto.slices_ruled_out >= 3 and after_veto.slices_present + after_veto.slices_ruled_out == before.slices_present
@@ -105,7 +105,7 @@ def test_one_piece_organs_come_back_without_small_islands(shared_data):
 
 def test_mri_geometry_and_reports(shared_data):
     mri = load_volume(shared_data / "totalsegmentator" / "ts_mr_sm_img.nii.gz")
-    result = medfoundcore.segment(mri, ["liver", "right kidney"], device="cpu")
+    result = medfoundcore.segment(mri, ["liver", "right kidney"], model=SLICE_MODEL, device="cpu")
     assert result.labels.shape == mri.shape
     assert np.allclose(result.labels.affine_ras, mri.affine_ras)
     assert [r.structure_key for r in result.reports] == ["liver", "kidney_right"]

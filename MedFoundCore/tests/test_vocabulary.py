@@ -153,3 +153,21 @@ def test_structures_that_never_share_an_axial_slice():
     assert not apart(liver, vocab.get("lung_right"))  # the liver dome and the lung bases share slices
     assert not apart(aorta, vocab.get("iliac_artery_left"))  # the bifurcation
     assert not apart(liver, vocab.get("vertebrae"))  # the spine runs through every region
+
+
+def test_brain_tumour_sub_regions_follow_the_brats_conventions():
+    """Whole tumour = all four labels; tumour core = necrosis + non-enhancing + enhancing (not oedema)."""
+    from medfoundcore.inference.prompts import plan_prompts
+    from medfoundcore.vocabulary import ancestors
+
+    vocab = load_vocabulary()
+    assert vocab.normalize_prompt("tumour core").key == vocab.normalize_prompt("TC").key == "tumor_core"
+    assert vocab.normalize_prompt("whole tumour").key == "brain_tumor"
+    assert vocab.normalize_prompt("oedema").key == "peritumoral_edema"
+    for part in ("tumor_necrosis", "non_enhancing_tumor", "enhancing_tumor"):
+        assert ancestors(part, vocab) == ["tumor_core", "brain_tumor"]
+    assert ancestors("peritumoral_edema", vocab) == ["brain_tumor"]
+    with pytest.raises(InputError, match="overlap"):
+        plan_prompts(["tumour core", "enhancing tumour"], vocab, None)
+    plan = plan_prompts(["tumour core", "oedema"], vocab, None)  # disjoint: one label map holds both
+    assert [s.key for s in plan.structures] == ["tumor_core", "peritumoral_edema"]

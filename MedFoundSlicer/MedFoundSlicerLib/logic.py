@@ -23,9 +23,10 @@ from . import nodes
 from .jobs import Job, JobCallbacks, JobState
 from .process import ProcessJob, medfound_command
 
-SEGMENT_KINDS = ("prompted-segmenter",)
+SEGMENT_KINDS = ("prompted-segmenter", "ct-text-segmenter", "mri-text-segmenter")  # selectable in the Segment panel
+FINETUNE_KINDS = ("prompted-segmenter",)  # what the Train panel fine-tunes (train-seg's slice-model family)
 INTERACTIVE_KINDS = ("ct-interactive-segmenter",)
-KIND_LABELS = {"prompted-segmenter": "Structure names", "ct-text-segmenter": "Structure names (CT)",
+KIND_LABELS = {"prompted-segmenter": "Structure names", "ct-text-segmenter": "Structure names (CT)", "mri-text-segmenter": "Structure names (MRI)",
                "encoder3d": "Points (image features)", "ct-interactive-segmenter": "Points, boxes and strokes"}
 DEVICE_CHOICES = {"Auto": "auto", "GPU (CUDA)": "cuda", "CPU": "cpu"}
 LOW_VRAM_GIB = 4.0

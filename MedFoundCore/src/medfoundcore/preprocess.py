@@ -232,12 +232,15 @@ MAX_ZXY = (144, 288, 288)
 BODY_LEVEL = 0.25  # -500 HU on the [0, 1] scale: soft tissue and bone are above, air below
 
 
-def encoder_input(image: Volume, labels: Volume | None = None, modality: Modality = "CT") -> tuple[np.ndarray, np.ndarray | None, Volume]:
-    """Image (and label map) on the encoder's RAS grid as ``(Z, X, Y)`` arrays, plus the grid volume.
+def encoder_input(
+    image: Volume, labels: Volume | None = None, modality: Modality = "CT", spacing_xyz: Sequence[float] = CT_ENCODER_SPACING_XYZ
+) -> tuple[np.ndarray, np.ndarray | None, Volume]:
+    """Image (and label map) on a RAS grid of ``spacing_xyz`` (default: the CT encoder's) as ``(Z, X, Y)``
+    arrays, plus the grid volume.
 
     A CT is scaled from HU (Merlin's convention); any other image from its 0.5–99.5 percentiles onto
     the same [0, 1] range (outside the image: its low percentile, as air is for a CT)."""
-    grid = ras_grid(image, CT_ENCODER_SPACING_XYZ)
+    grid = ras_grid(image, tuple(float(s) for s in spacing_xyz))
     if modality == "CT":
         unit = zxy(hu_to_unit(resample_onto(image, grid, default=AIR_HU).array))
     else:

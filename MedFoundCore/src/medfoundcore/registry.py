@@ -29,7 +29,7 @@ WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "card.json"
 PACKAGED_DIR = Path(__file__).parent / "weights"
 #: Friendly names resolved to concrete models.
-ALIASES = {"default": "starter-v2", "default-ct": "ct-v1", "encoder-default": "encoder-v1"}
+ALIASES = {"default": "starter-v2", "default-ct": "ct-v1", "default-mri": "mri-v1", "encoder-default": "encoder-v1"}
 
 
 @dataclass
@@ -186,14 +186,15 @@ def read_card(name_or_path: str | os.PathLike[str]) -> ModelCard:
 
 
 def resolve_default(model: str, volume) -> str:
-    """``default`` means the CT model (``ct-v1``) for a CT when it is installed, and the slice model
-    for anything else."""
+    """``default`` means the CT model (``ct-v1``) for a CT and the MRI model (``mri-v1``) for anything
+    else, each when it is installed, and the slice model otherwise."""
     if model != "default":
         return model
     from .preprocess import detect_modality
 
-    ct_installed = any(m.name == ALIASES["default-ct"] for m in list_models())
-    return "default-ct" if ct_installed and detect_modality(volume) == "CT" else "default"
+    family = "default-ct" if detect_modality(volume) == "CT" else "default-mri"
+    installed = {m.name for m in list_models()}
+    return family if ALIASES[family] in installed else "default"
 
 
 def load_model(name_or_path: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32) -> tuple[dict[str, torch.Tensor], ModelCard]:

@@ -225,19 +225,23 @@ def heldout_report(refs, model: str, structures: list[str] | None, *, device: st
     ``inference`` holds :func:`~medfoundcore.inference.segment.segment`'s switches (``use_isd``,
     ``region_check``, ``keep_islands``) for ablations; the report repeats those that were given."""
     from ..inference.segment import segment
-    from ..registry import load_model
+    from ..registry import read_card, resolve_default
 
-    _, card = load_model(model)
-    keys = evaluated_keys(card, structures)
-    rows, absent = [], []
+    rows, absent, names, keys = [], [], [], []
     for ref in refs:
         case = ref.load()
-        gt, present = reference_map(case, keys)
+        name = resolve_default(model, case.image)  # "default": the CT model for a CT, the MRI model otherwise
+        card = read_card(name)
+        case_keys = evaluated_keys(card, structures)
+        names.append(card.name)
+        keys += [k for k in case_keys if k not in keys]
+        gt, present = reference_map(case, case_keys)
         if present:
-            result = segment(case.image, present, model=model, device=device, **inference)
+            result = segment(case.image, present, model=name, device=device, **inference)
             rows += _rows(case.case_id, result.labels, gt, present)
-        absent += absent_rows(case, [k for k in keys if k not in present], model, device, inference)
-    return {"model": card.name, "inference": inference, "structures": keys, "rows": rows, "summary": summarize(rows), "absent": absent, "absent_summary": summarize_absent(absent)}
+        absent += absent_rows(case, [k for k in case_keys if k not in present], name, device, inference)
+    label = " / ".join(dict.fromkeys(names)) or model
+    return {"model": label, "inference": inference, "structures": keys, "rows": rows, "summary": summarize(rows), "absent": absent, "absent_summary": summarize_absent(absent)}
 
 
 def distant_keys(case) -> set[str]:
@@ -292,8 +296,8 @@ BASELINE_SPACING = 3.0  # mm, isotropic: coarse enough for 1 CPU thread, what ts
 PATCH = 64
 
 
-def _baseline_volume(case, keys: list[str]):
-    """(image [0,1] float32, class map) resampled to BASELINE_SPACING; classes = 1 + index in ``keys``."""
+def _baseline_volume(case, keys: list[str], spacing: float = BASELINE_SPACING):
+    """(image [0,1] float32, class map) resampled to ``spacing`` mm; classes = 1 + index in ``keys``."""
     import numpy as np
 
     from ..preprocess import normalize_intensity, resample_to_spacing
@@ -304,8 +308,8 @@ def _baseline_volume(case, keys: list[str]):
         remap[i + 1] = keys.index(k) + 1
     classes = gt.with_array(remap[gt.array])
     image = case.image.with_array(normalize_intensity(case.image.array, case.modality) / 255.0)
-    image = resample_to_spacing(image, BASELINE_SPACING)
-    classes = resample_to_spacing(classes, BASELINE_SPACING, label=True)
+    image = resample_to_spacing(image, spacing)
+    classes = resample_to_spacing(classes, spacing, label=True)
     labelled = [0] + [keys.index(k) + 1 for k in present]
     return image.array.astype(np.float32), classes.array.astype(np.int64), labelled
 
@@ -340,14 +344,20 @@ def _marginal_loss(logits, target, labelled: list[int]):
     return torch.nn.functional.nll_loss(torch.log(merged.clamp_min(1e-6))[None], index[target][None])
 
 
-def train_baseline(train_refs, keys: list[str], minutes: float):
-    """A MONAI 3D UNet trained on PATCH³ crops for ``minutes`` of wall time (1 sample per step)."""
+def train_baseline(train_refs, keys: list[str], minutes: float, spacing: float = BASELINE_SPACING, balance: bool = False):
+    """A MONAI 3D UNet trained on PATCH³ crops for ``minutes`` of wall time (1 sample per step).
+    ``balance`` draws cases by data set as ``mri-v1`` does (``train.mri_segment.dataset_weights``), not uniformly."""
     import numpy as np
     import torch
     from monai.networks.nets import UNet
 
-    data = [_baseline_volume(r.load(), keys) for r in train_refs]
-    data = [d for d in data if len(d[2]) > 1]
+    from ..train.mri_segment import dataset_weights
+
+    loaded = [(r, _baseline_volume(r.load(), keys, spacing)) for r in train_refs]
+    loaded = [(r, d) for r, d in loaded if len(d[2]) > 1]
+    data = [d for _, d in loaded]
+    groups = [str(r.meta.get("dataset", r.case_id)) for r, _ in loaded]
+    weights = np.array(dataset_weights(groups, [set(d[2]) for d in data]) if balance else [1.0] * len(data))
     if not data:
         from ..errors import InputError
 
@@ -357,7 +367,7 @@ def train_baseline(train_refs, keys: list[str], minutes: float):
     rng = np.random.default_rng(0)
     deadline, steps = time.monotonic() + minutes * 60, 0
     while time.monotonic() < deadline:
-        image, classes, labelled = data[rng.integers(len(data))]
+        image, classes, labelled = data[rng.choice(len(data), p=weights / weights.sum()) if balance else rng.integers(len(data))]
         x, y = _crop(image, classes, rng)
         logits = net(torch.from_numpy(x)[None, None])[0]
         loss = _marginal_loss(logits, torch.from_numpy(y), labelled)
@@ -368,29 +378,37 @@ def train_baseline(train_refs, keys: list[str], minutes: float):
     return net.eval(), steps
 
 
-def baseline_report(train_refs, heldout_refs, keys: list[str], minutes: float) -> dict:
-    """Train the 3D UNet baseline, then Dice/HD95 on the held-out cases (prediction resampled back)."""
+def predict_baseline(net, case, keys: list[str], spacing: float = BASELINE_SPACING):
+    """The baseline's class map on ``case``'s grid: class i+1 = ``keys[i]``."""
     import numpy as np
     import torch
     from monai.inferers import sliding_window_inference
 
     from ..preprocess import resample_like, resample_to_spacing
 
-    net, steps = train_baseline(train_refs, keys, minutes)
+    image, _, _ = _baseline_volume(case, keys, spacing)
+    with torch.inference_mode():
+        logits = sliding_window_inference(torch.from_numpy(image)[None, None], (PATCH,) * 3, 2, net, overlap=0.25, padding_mode="constant")
+    classes = logits[0].argmax(0).numpy().astype(np.uint8)
+    grid = resample_to_spacing(case.image, spacing)
+    return resample_like(grid.with_array(classes), case.labels, label=True)
+
+
+def baseline_report(train_refs, heldout_refs, keys: list[str], minutes: float, spacing: float = BASELINE_SPACING, balance: bool = False) -> dict:
+    """Train the 3D UNet baseline (:func:`train_baseline`), then Dice/HD95 on the held-out cases
+    (prediction resampled back)."""
+    import numpy as np
+
+    net, steps = train_baseline(train_refs, keys, minutes, spacing, balance)
     rows = []
     for ref in heldout_refs:
         case = ref.load()
         gt, present = reference_map(case, keys)
         if not present:
             continue
-        image, _, _ = _baseline_volume(case, keys)
-        with torch.inference_mode():
-            logits = sliding_window_inference(torch.from_numpy(image)[None, None], (PATCH,) * 3, 2, net, overlap=0.25, padding_mode="constant")
-        classes = logits[0].argmax(0).numpy().astype(np.uint8)
+        classes = predict_baseline(net, case, keys, spacing)
         remap = np.zeros(len(keys) + 1, dtype=np.uint8)
         for i, k in enumerate(present):
             remap[keys.index(k) + 1] = i + 1
-        grid = resample_to_spacing(case.image, BASELINE_SPACING)
-        pred = resample_like(grid.with_array(remap[classes]), case.labels, label=True)
-        rows += _rows(case.case_id, pred, gt, present)
-    return {"model": "MONAI 3D UNet (16-32-64-128, 3 mm, 64^3 patches)", "train_minutes": minutes, "steps": steps, "rows": rows, "summary": summarize(rows)}
+        rows += _rows(case.case_id, classes.with_array(remap[classes.array]), gt, present)
+    return {"model": f"MONAI 3D UNet (16-32-64-128, {spacing:g} mm, 64^3 patches)", "train_minutes": minutes, "steps": steps, "rows": rows, "summary": summarize(rows)}

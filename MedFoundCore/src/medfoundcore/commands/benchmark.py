@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 DATASETS = ("msd-hippocampus",)
-METHOD_HELP = "medfound-text, 3dme-s0, 3dme-s10, unet, unetr, swinunetr"
+METHOD_HELP = "medfound-text, 3dme-s0, 3dme-s10, 3dme-s0-random, unet, dynunet, unetr, swinunetr"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

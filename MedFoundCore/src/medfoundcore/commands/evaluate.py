@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE_MM, help="surface Dice tolerance in mm (default %(default)s)")
     parser.add_argument("--json", dest="json_out", help="also write the result as JSON to this file")
     held = parser.add_argument_group("a model on held-out cases")
-    held.add_argument("--model", default="default", help="text-prompted model (default: the starter model)")
+    held.add_argument("--model", default="default", help="text-prompted model (default: ct-v1 for a CT, mri-v1 for any other image)")
     held.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     add_heldout_arguments(held)
     parser.set_defaults(func=run)

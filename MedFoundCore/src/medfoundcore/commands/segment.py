@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("-p", "--prompt", action="append", dest="prompts", required=True, metavar="PROMPT", help="structure to segment, e.g. 'liver' or 'left kidney in CT' (repeatable)")
     parser.add_argument("-o", "--output", required=True, help="output label map (.nii.gz, .nrrd, .mha)")
     parser.add_argument("--json", dest="json_out", help="write a per-prompt report (structure, volume ml, slices, mean ω) here")
-    parser.add_argument("--model", default="default", help="model name or path (default: the shipped starter model)")
+    parser.add_argument("--model", default="default", help="model name or path (default: ct-v1 for a CT, mri-v1 for any other image, each when installed; else the slice model starter-v2)")
     parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     parser.add_argument("--batch-size", type=int, default=None, help="slices per forward pass (default: 8 on CPU, 32 on GPU)")
     parser.add_argument(

@@ -25,8 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("train-seg", help="train / fine-tune a text-prompted segmenter", description=__doc__)
     parser.add_argument("data", nargs="+", help="dataset folders or *_img.nii.gz files")
     parser.add_argument(
-        "--model", default="text2d", choices=["text2d", "ct", "interactive"],
+        "--model", default="text2d", choices=["text2d", "ct", "mri", "interactive"],
         help="text2d: the BiomedParse-V slice model (CT and MRI); ct: the ct-v1 decoder on the pretrained CT encoder (frozen, or its last stages fine-tuned too: --finetune-backbone; CT cases only); "
+        "mri: the mri-v1 family, a text-prompted 3D model at a 1 mm grid (MRI cases only; --max-minutes / --steps, --lr, --batch-size, --structures, --base-model mri-v1 to fine-tune); "
         "interactive: the click/box/stroke model on the same encoder, trained with simulated interaction (CT cases only)",
     )
     parser.add_argument("--feature-cache", help="with --model ct or interactive: folder of cached encoder features (default: WORK_DIR/features; reused across runs)")
@@ -40,14 +41,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output-dir", help="write the model here instead of the user store (e.g. to ship it)")
     parser.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget; the model is saved when it runs out")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --work-dir")
-    parser.add_argument("--base-model", default=None, help="fine-tune this model ('default' = the starter model)")
+    parser.add_argument("--base-model", default=None, help="fine-tune this model: a slice model ('default' = the starter model), "
+                        "ct-v1 with --model ct, mri-v1 with --model mri, or a model fine-tuned from them")
     parser.add_argument("--preset", default=d.preset, choices=["tiny", "small", "base", "large"], help="model size (tiny trains on a CPU; large is for GPUs)")
     parser.add_argument("--image-size", type=int, default=d.image_size)
     parser.add_argument("--fve-k", type=int, default=d.fve_k, help="FVE order k (0 = no FVE: the focal slice in all three channels); default 1, or the base model's when fine-tuning")
-    parser.add_argument("--steps", type=int, default=d.steps)
+    parser.add_argument("--steps", type=int, default=None, help=f"training steps (default: {d.steps}; --model mri: until --max-minutes, else 20000)")
     parser.add_argument("--epochs", type=float, default=None, help="overrides --steps (one epoch = every slice once)")
-    parser.add_argument("--lr", type=float, default=d.lr)
-    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--lr", type=float, default=None, help=f"learning rate (default: {d.lr:g}; the recipe's own for --model ct, mri, interactive)")
+    parser.add_argument("--batch-size", type=int, default=None, help=f"default: {d.batch_size} (--model mri: 2 crops)")
     parser.add_argument("--prompts-per-image", type=int, default=d.prompts_per_image)
     parser.add_argument("--synth-fraction", type=float, default=d.synth_fraction)
     parser.add_argument("--no-augment", action="store_true")
@@ -70,6 +72,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help='progress and metrics as JSON lines on stdout ({"progress": ...}, {"metrics": ...}), for a calling program (Slicer)',
     )
     parser.set_defaults(func=run)
+
+
+def fill_recipe_defaults(args: argparse.Namespace) -> None:
+    """``--steps``, ``--lr`` and ``--batch-size`` left out take the chosen model family's own defaults
+    (the slice model's for text2d, ct and interactive, as before; the MRI recipe's for mri)."""
+    if args.model == "mri":
+        from ..train.mri_segment import MRITrainConfig as Recipe
+    else:
+        from ..train.segment import TrainConfig as Recipe
+    d = Recipe()
+    for name in ("steps", "lr", "batch_size"):
+        if getattr(args, name) is None:
+            setattr(args, name, getattr(d, name))
 
 
 def config_from_args(args: argparse.Namespace):
@@ -106,6 +121,9 @@ def run(args: argparse.Namespace) -> int:
     from ..train.checkpoint import latest_checkpoint
     from ..train.segment import train_segmenter
 
+    fill_recipe_defaults(args)
+    if args.epochs is not None and args.model != "text2d":  # an epoch is "every slice once": the slice model's unit
+        raise InputError(f"--epochs applies to the slice model (--model text2d); --model {args.model} trains for --steps or --max-minutes")
     work_dir = Path(args.work_dir) if args.work_dir else medfound_home() / "runs" / args.out_name
     if latest_checkpoint(work_dir) is not None and not args.resume:
         raise InputError(f"{work_dir}: holds checkpoints of an earlier run; pass --resume to continue it or choose another --work-dir")
@@ -124,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.model == "ct":
             directory = _train_ct(args, train, work_dir, bar)
+        elif args.model == "mri":
+            directory = _train_mri(args, train, work_dir, bar)
         elif args.model == "interactive":
             directory = _train_interactive(args, train, work_dir, bar)
         else:
@@ -148,6 +168,16 @@ def _train_ct(args: argparse.Namespace, train, work_dir: Path, bar):
         train, cfg, args.out_name, work_dir, feature_cache=args.feature_cache, output_dir=args.output_dir,
         base_model=args.base_model, device=str(resolve_device(args.device)), finetune_backbone=args.finetune_backbone, progress=bar,
     )
+
+
+def _train_mri(args: argparse.Namespace, train, work_dir: Path, bar):
+    from ..device import resolve_device
+    from ..train.mri_segment import MRITrainConfig, train_mri_from_cases
+
+    cfg = MRITrainConfig(steps=args.steps, max_minutes=args.max_minutes, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                         checkpoint_every=args.checkpoint_every, structures=args.structures or None)  # fmt: skip
+    return train_mri_from_cases(train, cfg, args.out_name, work_dir, output_dir=args.output_dir, base_model=args.base_model,
+                                device=str(resolve_device(args.device)), progress=bar)
 
 
 def _train_interactive(args: argparse.Namespace, train, work_dir: Path, bar):

@@ -35,6 +35,8 @@ from ..vocabulary import prompt_text
 from .prompts import PromptPlan, plan_prompts
 from .segment_ct import MODEL_KIND as CT_MODEL_KIND
 from .segment_ct import segment_ct_result
+from .segment_mri import MODEL_KIND as MRI_MODEL_KIND
+from .segment_mri import segment_mri_result
 from .postprocess import drop_vetoed_pieces, remove_islands
 from .region_veto import RegionVeto, rivals_seen, slices_are_axial, vetoed_slices
 
@@ -144,9 +146,19 @@ def segment(
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     dev = resolve_device(device)
     model = resolve_default(str(model), volume)
+    fallback = None
+    if model == "default-mri":
+        model, fallback = _mri_or_slice_model(prompts)
     if read_card(model).kind == CT_MODEL_KIND:
         return segment_ct_result(
             volume, prompts, model, dev, keep_islands=keep_islands, use_isd=use_isd, presence_gate=presence_gate,
+            best_effort=best_effort, force=force, progress=progress, cancel=cancel,
+        )
+    if read_card(model).kind == MRI_MODEL_KIND:
+        if presence_gate not in ("window", "none"):
+            raise InputError(f"presence_gate={presence_gate!r}: model {model!r} gates per volume ('window', the default) or not at all ('none')")
+        return segment_mri_result(
+            volume, prompts, model, dev, keep_islands=keep_islands, use_isd=use_isd and presence_gate != "none",
             best_effort=best_effort, force=force, progress=progress, cancel=cancel,
         )
     if presence_gate != "window":
@@ -189,7 +201,24 @@ def segment(
         "and removed: it is longer than two slices (pass keep_islands=True / --keep-islands to keep it)"
         for value, z in one_slice.items()
     ]
+    if fallback:
+        warnings.insert(0, fallback)
     return SegmentationResult(result, reports, warnings, card.name, scores)
+
+
+def _mri_or_slice_model(prompts: Sequence[str]) -> tuple[str, str | None]:
+    """The MRI model when it knows every prompted structure; otherwise the slice model, which knows
+    more structures (abdominal MRI: liver, kidneys...), with a warning that says so."""
+    from ..vocabulary import load_vocabulary
+
+    vocab = load_vocabulary()
+    card = read_card("default-mri")
+    known = _known(card)
+    unknown = [s.name for p in prompts if (s := vocab.try_normalize(p)) is not None and s.key not in known]
+    if not unknown:
+        return "default-mri", None
+    names = ", ".join(f"'{n}'" for n in dict.fromkeys(unknown))
+    return "default", f"{card.name}, the MRI model, does not know {names}: the slice model {read_card('default').name} segmented this image"
 
 
 def _known(card) -> set[str]:

@@ -21,7 +21,7 @@ import torch
 
 from ..errors import InputError, ModelError
 from ..io import Volume
-from ..preprocess import CT_ENCODER_MULTIPLE_ZXY, body_box, encoder_input, kji, resample_onto
+from ..preprocess import CT_ENCODER_MULTIPLE_ZXY, body_box, detect_modality, encoder_input, kji, resample_onto
 from ..progress import CancelToken, ProgressCallback, check, report
 from .postprocess import remove_islands
 from .windows import sliding_windows, window_features
@@ -126,7 +126,7 @@ def segment_ct(
     text = _text_encoder().encode([s.name for s in structures]).float().to(model.device)
     keys = [s.key for s in structures]
     report(progress, "preprocessing", 0, 1)
-    unit, _, grid = encoder_input(volume)
+    unit, _, grid = encoder_input(volume, None, detect_modality(volume))  # an MRI as in training: percentiles
     check(cancel)
     box = body_box(unit, None, limit=unit.shape)
     block = unit[box]
@@ -173,37 +173,13 @@ def segment_ct_result(
     """:func:`segment_ct` wrapped as :func:`~medfoundcore.inference.segment.segment` returns it: the
     same prompt bookkeeping (duplicates merged, unknown structures refused), reports and warnings.
     ``use_isd=False`` is ``presence_gate="none"`` (the ablation switch every model family takes)."""
-    from ..io import refuse_label_map
-    from ..preprocess import detect_modality
-    from ..vocabulary import load_vocabulary
-    from .prompts import plan_prompts
-    from .segment import PromptReport, SegmentationResult
+    from .volumetric import volumetric_result
 
     check_presence_gate(presence_gate)
     card = load_ct_model(model, str(device)).card
-    vocab = load_vocabulary()
-    plan = plan_prompts(list(prompts), vocab, {s["key"] for s in card.structures}, best_effort, f"model {card.name!r}")
-    refuse_label_map(volume, force)
-    warnings = [*volume.meta.get("warnings", []), *plan.warnings]
-    if detect_modality(volume) != "CT":
-        warnings.append(f"model {card.name!r} is trained on CT only; this image does not look like a CT (the result is unreliable)")
-    run = dict(keep_islands=keep_islands, presence_gate=presence_gate if use_isd else "none", progress=progress, cancel=cancel)
-    try:
-        labels, stats = segment_ct(volume, plan.structures, model, device, **run)
-    except torch.cuda.OutOfMemoryError:  # a GPU too small for one window: the CPU always fits
-        torch.cuda.empty_cache()
-        warnings.append(f"the GPU ran out of memory; {card.name} ran on the CPU instead (slower, same result)")
-        labels, stats = segment_ct(volume, plan.structures, model, torch.device("cpu"), **run)
-    counts = np.stack([np.bincount(plane.ravel(), minlength=len(plan.structures) + 1) for plane in labels])
-    reports = []
-    for i, s in enumerate(plan.structures):
-        n = int(counts[:, i + 1].sum())
-        reports.append(PromptReport(
-            prompt=plan.prompts_of[i][0], structure_key=s.key, structure_name=s.name, color=tuple(int(c) for c in s.color),
-            label=i + 1, found=n > 0, volume_ml=round(n * volume.voxel_volume_ml, 3), slices_present=int((counts[:, i + 1] > 0).sum()),
-            mean_presence=stats["presence"][i], prompts=list(plan.prompts_of[i]), known_to_model=s.key not in plan.untrained,
-            status="found" if n else "not present",
-        ))
-    result = volume.with_array(labels)
-    result.meta = {**volume.meta, "modality": "label", "prompts": [str(p) for p in prompts], "label_of_prompt": plan.label_of}
-    return SegmentationResult(result, reports, warnings, card.name)
+    gate = presence_gate if use_isd else "none"
+
+    def run(structures: Sequence, dev: torch.device) -> tuple[np.ndarray, dict]:
+        return segment_ct(volume, structures, model, dev, keep_islands=keep_islands, presence_gate=gate, progress=progress, cancel=cancel)
+
+    return volumetric_result(volume, prompts, card, run, device, modality="CT", best_effort=best_effort, force=force)

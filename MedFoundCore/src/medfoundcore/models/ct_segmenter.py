@@ -24,6 +24,7 @@ from torch import nn
 
 from .backbones.ct_foundation import FEATURE_CHANNELS, FEATURE_STRIDES
 from .fast_conv import Conv3d
+from .text_query import TextQueries
 
 TEXT_DIM = 384  # MiniLM-L6
 
@@ -96,7 +97,7 @@ class PresenceHead(nn.Module):
         return self.out(joint).squeeze(-1)
 
 
-class CTTextSegmenter(nn.Module):
+class CTTextSegmenter(TextQueries, nn.Module):
     """Decoder of ``ct-v1`` (the frozen encoder runs outside it, once per window)."""
 
     def __init__(self, cfg: CTSegmenterConfig):
@@ -104,17 +105,7 @@ class CTTextSegmenter(nn.Module):
         self.cfg = cfg
         w = cfg.width
         self.pixel_decoder = PixelDecoder(cfg.feature_channels, w)
-        self.text_query = nn.Sequential(nn.Linear(cfg.text_dim, w), nn.GELU(), nn.Linear(w, w))
-        self.text_film = nn.Linear(cfg.text_dim, 2 * w)
-        nn.init.zeros_(self.text_film.weight)
-        nn.init.zeros_(self.text_film.bias)
-        self.mask_bias = nn.Parameter(torch.tensor(-2.0))
-        # Random, not zero: MiniLM embeddings of organ names are close to one another (cosine ~0.5), so
-        # text-only queries start almost equal and the pixel features get one shared gradient; with 60+
-        # structures that symmetry did not break in 200 steps (coarse loss flat at 1.03, docs/ct.md).
-        # Near-orthogonal random queries separate the structures from the first step.
-        self.key_index = {key: i for i, key in enumerate(cfg.keys)}
-        self.key_query = nn.Parameter(torch.randn(len(cfg.keys), w))
+        self.init_text_queries(cfg.text_dim, w, cfg.keys)
         self.image_stem = nn.Sequential(
             Conv3d(1, cfg.image_width, 3, padding=1), nn.GELU(),
             Conv3d(cfg.image_width, cfg.image_width, 3, padding=1), nn.GELU(),
@@ -136,24 +127,9 @@ class CTTextSegmenter(nn.Module):
     def pixel_features(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         return self.pixel_decoder(features)
 
-    def queries(self, text: torch.Tensor, keys: Sequence[str | None]) -> torch.Tensor:
-        """Mask queries [K, C] of prompts given as MiniLM embeddings [K, D] and their vocabulary keys:
-        the text MLP's output plus the learned query of each trained structure (an untrained one,
-        ``None`` or unknown key, has the text path alone)."""
-        if len(keys) != len(text):
-            raise ValueError(f"{len(text)} text embeddings but {len(keys)} keys")
-        query = self.text_query(text)
-        rows = [self.key_index.get(k, -1) if k is not None else -1 for k in keys]
-        table = torch.cat([self.key_query, query.new_zeros(1, query.shape[1])])  # last row: untrained
-        return query + table[torch.tensor(rows, device=text.device)]
-
     def coarse_logits(self, pixel: torch.Tensor, text: torch.Tensor, keys: Sequence[str | None]) -> torch.Tensor:
         """Mask logits on the layer1 grid: ``pixel`` [B, C, z, x, y], ``text`` [K, D] → [B, K, z, x, y]."""
-        gamma, beta = self.text_film(text).chunk(2, dim=-1)  # K C
-        query = self.queries(text, keys)  # K C
-        # <(1 + γ) ⊙ p + β, q> = <p, (1 + γ) ⊙ q> + <β, q>: FiLM folded into the query, no K-fold copy
-        weights = (1 + gamma) * query / self.cfg.width**0.5
-        offset = (beta * query).sum(-1) / self.cfg.width**0.5
+        weights, offset = self.folded_queries(text, keys)  # K C, K
         logits = torch.einsum("bczxy,kc->bkzxy", pixel, weights)
         return logits + offset[None, :, None, None, None] + self.mask_bias
 

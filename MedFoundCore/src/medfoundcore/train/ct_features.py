@@ -1,6 +1,7 @@
 """Frozen CT-encoder features cached to disk, so that ``ct-v1`` trains on 2 CPU cores in minutes.
 
-Each labelled CT is brought onto the encoder's grid (RAS, 1.5 × 1.5 × 3 mm, HU → [0, 1]), cropped to
+Each labelled CT is brought onto the encoder's grid (RAS, 1.5 × 1.5 × 3 mm, HU → [0, 1]; an MRI, for the
+MRI control of docs/mri.md, from its 0.5–99.5 percentiles onto [0, 1]), cropped to
 the body (and to at most :data:`MAX_ZXY` voxels around the labels), padded to a multiple of the
 coarsest feature stride and passed once through the frozen encoder. Per case the cache holds
 ``image.npy`` (Z, X, Y), ``labels.npy`` (the case's label map on that grid), ``f1..f4.npy`` (fp16
@@ -72,9 +73,9 @@ def cache_case(ref: CaseRef, encoder, root: Path, device: torch.device) -> Cache
     if (directory / "meta.json").exists():
         return CachedCase(directory, json.loads((directory / "meta.json").read_text()))
     case = ref.load()
-    if case.modality != "CT":
-        raise InputError(f"{ref.case_id}: the CT encoder's cache takes CT cases only (this one is {case.modality})")
-    unit, labels, grid = encoder_input(case.image, case.labels)
+    if case.modality not in ("CT", "MRI"):
+        raise InputError(f"{ref.case_id}: the CT encoder's cache takes CT or MRI cases (this one is {case.modality})")
+    unit, labels, grid = encoder_input(case.image, case.labels, case.modality)  # an MRI: percentiles onto [0, 1]
     box = body_box(unit, labels)
     unit, labels = pad_to_stride(unit[box]), pad_to_stride(labels[box])
     directory.mkdir(parents=True, exist_ok=True)

@@ -36,11 +36,13 @@ from ..errors import InputError
 from ..models.backbones import ct_weights
 from ..models.backbones.ct_foundation import FEATURE_STRIDES, CTFoundationEncoder
 from ..models.ct_segmenter import CTSegmenterConfig, CTTextSegmenter, build_ct_segmenter
+from ..models.text_query import with_new_keys
 from ..progress import CancelToken, ProgressCallback, check, report
 from ..registry import PACKAGED_DIR, ModelCard, save_model
 from ..vocabulary import Vocabulary, ancestors, load_vocabulary
-from .checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
+from .checkpoint import latest_checkpoint, load_checkpoint
 from .ct_features import CachedCase
+from .loop import python_rng_state, save_loop_checkpoint, start_run
 
 MODEL_KIND = "ct-text-segmenter"
 
@@ -333,12 +335,9 @@ def train_ct_segmenter(
     started = time.monotonic()
     if not cases:
         raise InputError("no cached CT case to train on")
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir, rng = start_run(workdir, cfg.seed)
     dev = torch.device(device)
     vocab = load_vocabulary()
-    rng = random.Random(cfg.seed)
-    torch.manual_seed(cfg.seed)
     keys = [k for k in trained_structures(cases, vocab) if cfg.structures is None or k in cfg.structures]
     if not keys:
         raise InputError(f"none of the cases has labels for {', '.join(cfg.structures or [])}")
@@ -349,7 +348,7 @@ def train_ct_segmenter(
     base_keys = list(cfg.model.keys) if init is not None else []
     net = build_ct_segmenter(replace(cfg.model, keys=base_keys + [k for k in keys if k not in base_keys]))
     if init is not None:
-        net.load_state_dict(_with_new_keys(init, net))
+        net.load_state_dict(with_new_keys(init, net))
     net.to(dev)
     opt, encoder_params = _optimizer(net, encoder, cfg, dev)
     history: dict = {"loss": [], "keys": keys, "cases": [c.case_id for c in cases]}
@@ -370,7 +369,7 @@ def train_ct_segmenter(
             encoder.load_state_dict({**encoder.state_dict(), **state["encoder"]}, strict=True)
         opt.load_state_dict(state["optimizer"])
         step, history = int(state["step"]), json.loads(state["history"])
-        rng.setstate(_rng_state(state["rng"]))
+        rng.setstate(python_rng_state(state["rng"]))
     trained_before = float(history.get("train_minutes", 0.0))  # of earlier sessions of this run
     net.train()  # (the encoder stays in eval mode: see finetune_encoder)
     smooth = None
@@ -431,22 +430,7 @@ def _checkpoint(workdir: Path, step: int, net, encoder, opt, history: dict, rng:
     only the two newest are kept (the pruning follows the new file's rename, so one complete
     checkpoint always exists)."""
     extra = {"encoder": trained_encoder_state(encoder, cfg.encoder_train_from)} if encoder is not None else {}
-    save_checkpoint(checkpoint_path(workdir, step), model=net.state_dict(), optimizer=opt.state_dict(),
-                    step=step, history=json.dumps(history), cases=history["cases"], rng=json.dumps(rng.getstate()), **extra)
-    if encoder is not None:
-        prune_checkpoints(workdir, keep=2)
-
-
-def _with_new_keys(init: dict[str, torch.Tensor], net: CTTextSegmenter) -> dict[str, torch.Tensor]:
-    """The base model's weights, its learned queries extended by the fresh rows ``net`` drew for
-    structures the base was not trained on (fine-tuning on a user's new structure)."""
-    old = init["key_query"]
-    return {**init, "key_query": torch.cat([old, net.key_query.detach()[len(old):]])}
-
-
-def _rng_state(text: str) -> tuple:
-    version, state, gauss = json.loads(text)
-    return version, tuple(state), gauss
+    save_loop_checkpoint(workdir, step, net, opt, history, rng, keep=2 if encoder is not None else None, **extra)
 
 
 def ship(

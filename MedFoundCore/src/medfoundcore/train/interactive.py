@@ -14,7 +14,6 @@ work as in :mod:`.ct_segment`.
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Sequence
@@ -33,9 +32,9 @@ from ..models.prompt_encoder import VOXEL_MM_ZXY, Prompts, stroke_points
 from ..progress import CancelToken, ProgressCallback, check, report
 from ..registry import ModelCard, save_model
 from ..vocabulary import Vocabulary, ancestors, load_vocabulary
-from .checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
 from .ct_features import CachedCase
-from .ct_segment import _lr, _rng_state, case_weights, crop_case, crop_start, dice_loss
+from .ct_segment import _lr, case_weights, crop_case, crop_start, dice_loss
+from .loop import log_loss, optimiser_step, resume, save_loop_checkpoint, start_run
 
 MODEL_KIND = "ct-interactive-segmenter"
 #: Structure classes never trained on (with their sides): what the evaluation calls unseen. Each is
@@ -264,10 +263,7 @@ def train_interactive(
     if not usable:
         raise InputError("none of the cached CT cases has a labelled structure to train the interactive model on")
     cases, targets = [cases[i] for i in usable], [targets[i] for i in usable]
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    workdir, rng = start_run(workdir, cfg.seed)
     net = build_interactive_segmenter(cfg.model)
     if init is not None:
         net.load_state_dict(init)
@@ -277,16 +273,8 @@ def train_interactive(
     weights = case_weights(cases, targets)
     sizes = [target_weights(c, t) for c, t in zip(cases, targets)]
     history: dict = {"loss": [], "cases": [c.case_id for c in cases], "structures": sorted({k for t in targets for k in t})}
-    step = 0
-    latest = latest_checkpoint(workdir)
-    if latest is not None:
-        state = load_checkpoint(latest)
-        if state.get("cases") != history["cases"]:
-            raise InputError(f"{workdir}: holds a checkpoint of a run on other cases; use a new work directory")
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        step, history = int(state["step"]), json.loads(state["history"])
-        rng.setstate(_rng_state(state["rng"]))
+    step, history, state = resume(workdir, net, opt, rng, history)
+    if state is not None:
         torch.set_rng_state(state["torch_rng"])
     trained_before = float(history.get("train_minutes", 0.0))
     net.train()
@@ -304,19 +292,12 @@ def train_interactive(
         for group in opt.param_groups:
             group["lr"] = _lr(step, cfg, minutes())
         loss, parts = sample_loss(net, sample, cfg, rng)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
+        optimiser_step(net, opt, loss)
         step += 1
-        smooth = loss.item() if smooth is None else 0.98 * smooth + 0.02 * loss.item()
-        if step % 25 == 0:
-            history["loss"].append([step, round(smooth, 4), {k: round(v, 4) for k, v in parts.items()}])
+        smooth = log_loss(history, step, smooth, loss.item(), parts)
         if step % cfg.checkpoint_every == 0:
             history["train_minutes"] = round(minutes(), 3)
-            save_checkpoint(checkpoint_path(workdir, step), model=net.state_dict(), optimizer=opt.state_dict(), step=step,
-                            history=json.dumps(history), cases=history["cases"], rng=json.dumps(rng.getstate()),
-                            torch_rng=torch.get_rng_state())
+            save_loop_checkpoint(workdir, step, net, opt, history, rng, torch_rng=torch.get_rng_state())
         report(progress, "training the interactive model", step, cfg.steps, f"loss {smooth:.3f}")
     history["steps_done"] = step
     history["train_minutes"] = round(minutes(), 3)

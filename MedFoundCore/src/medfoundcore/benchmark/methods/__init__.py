@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from ...errors import InputError
 from .base import Method, MethodSettings
-from .medfound_3dme import ThreeDMEFinetuned, ThreeDMEFrozen
+from .medfound_3dme import ThreeDMEFinetuned, ThreeDMEFrozen, ThreeDMERandomFrozen
 from .medfound_text import MedFoundText
-from .monai_baselines import SwinUNETRBaseline, UNet3D, UNETRBaseline
+from .monai_baselines import DynUNetBaseline, SwinUNETRBaseline, UNet3D, UNETRBaseline
 
 METHODS: dict[str, type[Method]] = {
-    cls.key: cls for cls in (MedFoundText, ThreeDMEFrozen, ThreeDMEFinetuned, UNet3D, UNETRBaseline, SwinUNETRBaseline)
+    cls.key: cls
+    for cls in (MedFoundText, ThreeDMEFrozen, ThreeDMEFinetuned, ThreeDMERandomFrozen, UNet3D, DynUNetBaseline, UNETRBaseline, SwinUNETRBaseline)
 }
 
 

@@ -1,25 +1,20 @@
-"""MedFound's text-prompted segmenter (BiomedParse-V style) as a benchmarked method.
+"""MedFound's text-prompted MRI model (the ``mri-v1`` family) as a benchmarked method.
 
-Trained from scratch on the fold's training cases with ``train_segmenter`` (structures restricted to the
-two hippocampus parts), then asked ``segment(volume, ["anterior hippocampus", "posterior hippocampus"])``:
-label i of the result is the i-th prompt, which is exactly the MSD label convention.
-
-Budget: ``TrainConfig.max_minutes`` (set to the time left) ends the training loop and saves the model.
-Its clock starts after case preparation, so this method's reported training time exceeds the budget by
-that preparation (seconds; visible in the table). As a safety net the harness cancels training
-``GRACE`` after its own deadline and finalises the newest checkpoint into the model.
+Trained from scratch on the fold's training cases with the ``mri-v1`` recipe
+(``medfoundcore.train.mri_segment``: 1 mm RAS grid, text head on a residual 3D UNet, presence head),
+for the wall-clock budget, then asked ``segment(volume, ["anterior hippocampus", "posterior
+hippocampus"])``: label i of the result is the i-th prompt, which is exactly the MSD label convention.
+The loop checks the clock before every step, so it ends within one step of the budget; case loading
+(seconds) is taken off the budget first.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from ...errors import Cancelled
 from ...io import Volume
 from ...progress import CancelToken, Progress, ProgressCallback
 from ..cases import STRUCTURES, BenchCase
@@ -27,40 +22,28 @@ from .base import Deadline, FitResult, Method
 
 OUTPUT_NAME = "benchmark-medfound-text"
 PROMPTS = [prompt for _, prompt in STRUCTURES.values()]
-TRAIN_STRUCTURES = ["hippocampus_anterior", "hippocampus_posterior"]
 LABEL_NAMES = {1: "hippocampus_anterior (head)", 2: "hippocampus_posterior (body+tail)"}
-CHECKPOINT_EVERY = 20
-#: size profile -> TrainConfig overrides. MSD crops are ~35x50x40 voxels, so 64 px slices lose nothing.
-PROFILES: dict[str, dict[str, Any]] = {
-    "tiny": {"preset": "tiny", "image_size": 64, "batch_size": 4},
-    "small": {"preset": "small", "image_size": 64, "batch_size": 8},
-    "standard": {"preset": "base", "image_size": 128, "batch_size": 16},
-}
-LR = 1e-3  # the shipped starter model's training rate (TrainConfig's 3e-4 default suits longer runs)
 UNREACHABLE_STEPS = 10**7  # the deadline, not the step count, ends training
-GRACE_FRACTION, GRACE_S = 0.25, 30.0  # the safety-net cancel fires at deadline + 25 % + 30 s
+#: size profile -> (trunk channels, feature width, crop (Z, X, Y) mm). ``small`` is the shipped mri-v1;
+#: an MSD crop is about 35 x 35 x 51 mm on the RAS grid, so the tiny crop still holds a whole hippocampus.
+PROFILES: dict[str, tuple[list[int], int, tuple[int, int, int]]] = {
+    "tiny": ([8, 16, 32, 64], 16, (40, 40, 56)),
+    "small": ([16, 32, 64, 128], 32, (40, 40, 56)),
+    "standard": ([32, 64, 128, 256], 32, (48, 48, 64)),
+}
 
 
 class MedFoundText(Method):
-    key, title = "medfound-text", "MedFound text-prompted"
+    key, title = "medfound-text", "MedFound text-prompted (mri-v1 recipe)"
     description = (
-        "medfoundcore.train.segment.train_segmenter from scratch on the fold's training cases (structures "
-        "hippocampus_anterior/posterior), inference medfoundcore.inference.segment.segment with prompts "
-        "'anterior hippocampus', 'posterior hippocampus'"
+        "medfoundcore.train.mri_segment.train_mri_segmenter from scratch on the fold's training cases (the mri-v1 recipe: "
+        "1 mm grid, residual 3D UNet + MiniLM text head + presence head), inference medfoundcore.inference.segment.segment "
+        "with prompts 'anterior hippocampus', 'posterior hippocampus'"
     )
 
     def __init__(self, settings) -> None:
         super().__init__(settings)
         self.model_dir: Path | None = None
-
-    def unavailable_reason(self) -> str | None:
-        try:
-            from ...inference.segment import segment  # noqa: F401
-            from ...models.prompted_segmenter import build_segmenter  # noqa: F401
-            from ...train.segment import TrainConfig, train_segmenter  # noqa: F401
-        except ImportError as error:
-            return f"text-prompted pipeline not importable ({error})"
-        return None
 
     def fit(
         self,
@@ -70,74 +53,32 @@ class MedFoundText(Method):
         progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None,
     ) -> FitResult:
-        from ...registry import load_model
-        from ...train.segment import TrainConfig, train_segmenter
-
-        config = self._config(TrainConfig, deadline)
-        train_dir, self.model_dir = Path(work_dir) / "train", Path(work_dir) / "model"
-        stop = CancelToken()
-        notes = [f"from scratch, preset {config.preset}, {config.image_size} px slices, batch {config.batch_size}, lr {config.lr:g}"]
-        try:
-            train_segmenter(
-                self._cases(cases), config, OUTPUT_NAME, train_dir, output_dir=self.model_dir,
-                progress=self._watch(deadline, stop, progress, cancel), cancel=stop,
-            )  # fmt: skip
-        except Cancelled:
-            if cancel is not None and cancel.cancelled:
-                raise
-            notes.append(self._finalise(cases, config, train_dir))
-        _, card = load_model(str(self.model_dir))
-        steps = int(card.metrics.get("steps_done", 0))
-        slices = int(card.training_data.get("n_slices", 0)) or sum(c.image.shape[0] for c in cases)
-        return FitResult(deadline.elapsed, steps * config.batch_size / slices, steps, notes)
-
-    def _finalise(self, cases: Sequence[BenchCase], config: Any, train_dir: Path) -> str:
-        """Turn the newest checkpoint into the model after a safety-net cancel; returns a note for the table."""
-        from ...train.checkpoint import latest_checkpoint, load_checkpoint
-        from ...train.segment import train_segmenter
-
-        checkpoint = latest_checkpoint(train_dir)
-        if checkpoint is None:
-            raise Cancelled("training overran its budget before the first checkpoint") from None
-        steps = int(load_checkpoint(checkpoint)["step"])
-        train_segmenter(self._cases(cases), dataclasses.replace(config, steps=steps), OUTPUT_NAME, train_dir, output_dir=self.model_dir)
-        return f"overran the budget: cancelled, checkpoint of step {steps} finalised (checkpoints every {CHECKPOINT_EVERY} steps)"
-
-    def _config(self, config_type: type, deadline: Deadline) -> Any:
-        overrides = {
-            **PROFILES[self.settings.size],
-            "max_minutes": max(1.0, deadline.remaining) / 60.0,
-            "lr": LR,
-            "steps": UNREACHABLE_STEPS,
-            "device": str(self.settings.device),
-            "seed": self.settings.seed,
-            "structures": TRAIN_STRUCTURES,
-            "checkpoint_every": CHECKPOINT_EVERY,
-        }
-        known = {f.name for f in dataclasses.fields(config_type)}
-        return config_type(**{k: v for k, v in overrides.items() if k in known})
-
-    @staticmethod
-    def _cases(cases: Sequence[BenchCase]) -> list[Any]:
         from ...data.datasets import Case
+        from ...models.mri_segmenter import MRISegmenterConfig
+        from ...train.mri_segment import MRITrainConfig, prepare_case, ship, train_mri_segmenter
+        from ...vocabulary import load_vocabulary
 
-        return [Case(c.case_id, c.case_id, c.image, c.label, dict(LABEL_NAMES), "MRI") for c in cases]
+        vocab = load_vocabulary()
+        prepared = [prepare_case(Case(c.case_id, c.case_id, c.image, c.label, dict(LABEL_NAMES), "MRI"), vocab) for c in cases]
+        channels, width, crop = PROFILES[self.settings.size]
+        cfg = MRITrainConfig(steps=UNREACHABLE_STEPS, max_minutes=deadline.remaining / 60.0, seed=self.settings.seed, crop_zxy=crop,
+                             model=MRISegmenterConfig(width=width, channels=channels))  # fmt: skip
+        net, history = train_mri_segmenter(
+            prepared, Path(work_dir) / "train", cfg, device=str(self.settings.device), progress=self._relabel(progress, deadline), cancel=cancel
+        )
+        history["crop_zxy"] = list(cfg.crop_zxy)
+        self.model_dir = ship(net, history, OUTPUT_NAME, Path(work_dir) / "model", training_data={"cases": [c.case_id for c in cases]},
+                              overwrite=True)  # fmt: skip
+        steps = int(history["steps_done"])
+        notes = [f"{steps} steps x {cfg.batch_size} crops of {cfg.crop_zxy} voxels, lr {cfg.lr:g}; trunk channels {channels}, width {width}"]
+        return FitResult(deadline.elapsed, steps * cfg.batch_size / max(1, len(cases)), steps, notes)
 
     @staticmethod
-    def _watch(deadline: Deadline, stop: CancelToken, progress: ProgressCallback | None, cancel: CancelToken | None) -> ProgressCallback:
-        """Forward progress; trip ``stop`` when the user cancels or training runs far past the deadline."""
-        shown = [-1]
-        hard_stop = deadline.seconds * (1 + GRACE_FRACTION) + GRACE_S
-
-        def callback(p: Progress) -> None:
-            if deadline.elapsed > hard_stop or (cancel is not None and cancel.cancelled):
-                stop.cancel()
-            elapsed = int(deadline.elapsed)
-            if progress is not None and elapsed != shown[0]:
-                shown[0] = elapsed
-                progress(Progress("train medfound-text", elapsed, int(deadline.seconds), f"{p.stage} {p.done}"))
-
-        return callback
+    def _relabel(progress: ProgressCallback | None, deadline: Deadline) -> ProgressCallback | None:
+        """Training reports steps; the table's runs are bounded by the clock, so progress is time."""
+        if progress is None:
+            return None
+        return lambda p: progress(Progress("train medfound-text", int(deadline.elapsed), int(deadline.seconds), f"step {p.done} {p.message}"))
 
     def predict(self, image: Volume) -> np.ndarray:
         from ...inference.segment import segment
@@ -152,4 +93,3 @@ class MedFoundText(Method):
 
         state, _ = load_model(str(self.model_dir))
         return int(sum(t.numel() for t in state.values() if t.is_floating_point()))
-

@@ -1,7 +1,8 @@
-"""MONAI baselines: 3D UNet, UNETR and SwinUNETR (MONAI's own implementations) at three size profiles.
+"""MONAI baselines: 3D UNet, DynUNet (nnU-Net's recipe), UNETR and SwinUNETR (MONAI's own implementations)
+at three size profiles.
 
 ``standard`` is each network's published MONAI configuration (UNETR: ViT-B 768/12 heads, feature 16;
-SwinUNETR: feature 48; UNet: 16-256 channels, 2 residual units). ``small`` and ``tiny`` shrink width/depth
+SwinUNETR: feature 48; UNet: 16-256 channels, 2 residual units; DynUNet: nnU-Net's 32-256 filters). ``small`` and ``tiny`` shrink width/depth
 so that CPU and CI runs finish; the size used is written into the results.
 """
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.networks.nets import UNETR, SwinUNETR, UNet
+from monai.networks.nets import UNETR, DynUNet, SwinUNETR, UNet
 
 from ...io import Volume
 from ...progress import CancelToken, ProgressCallback
@@ -30,6 +31,16 @@ def _unet(size: str) -> torch.nn.Module:
         "standard": ((16, 32, 64, 128, 256), 2),
     }[size]
     return UNet(3, 1, N_CLASSES, channels=channels, strides=(2,) * (len(channels) - 1), num_res_units=units, norm="instance")
+
+
+def _dynunet(size: str) -> torch.nn.Module:
+    """nnU-Net's 3d_fullres topology for ROI: 3x3x3 kernels, stride 2 per stage down to 4x8x4, filters
+    doubling from 32 (standard), instance norm, leaky ReLU, deep supervision on two extra heads."""
+    filters = {"tiny": (8, 16, 32, 64), "small": (16, 32, 64, 128), "standard": (32, 64, 128, 256)}[size]
+    strides = [(1, 1, 1)] + [(2, 2, 2)] * (len(filters) - 1)
+    return DynUNet(3, 1, N_CLASSES, kernel_size=[(3, 3, 3)] * len(filters), strides=strides, upsample_kernel_size=strides[1:],
+                   filters=filters, norm_name="instance", act_name=("leakyrelu", {"negative_slope": 0.01, "inplace": True}),
+                   deep_supervision=True, deep_supr_num=2, res_block=False)  # fmt: skip
 
 
 def _unetr(size: str) -> torch.nn.Module:
@@ -77,6 +88,17 @@ class UNet3D(MonaiBaseline):
     description = "monai.networks.nets.UNet, residual units, instance norm; AdamW lr 1e-3, DiceCE, from scratch"
     build = staticmethod(_unet)
     recipe = Recipe(roi=ROI, lr=1e-3)
+
+
+class DynUNetBaseline(MonaiBaseline):
+    key, title, paper_column = "dynunet", "DynUNet, nnU-Net recipe (MONAI)", "nnU-Net"
+    description = (
+        "monai.networks.nets.DynUNet in nnU-Net's 3d_fullres topology (instance norm, leaky ReLU, deep supervision "
+        "weighted 1, 1/2, 1/4); nnU-Net's optimiser: SGD lr 1e-2, momentum 0.99 Nesterov, weight decay 3e-5, poly "
+        "decay over the budget; DiceCE; batch 2 and no nnU-Net data augmentation, like the other rows; from scratch"
+    )
+    build = staticmethod(_dynunet)
+    recipe = Recipe(roi=ROI, lr=1e-2, weight_decay=3e-5, optimizer="sgd-poly", deep_supervision=True)
 
 
 class UNETRBaseline(MonaiBaseline):

@@ -30,6 +30,12 @@ class Recipe:
     batch_size: int = 2
     lr: float = 1e-4
     weight_decay: float = 1e-5
+    #: "adamw", or "sgd-poly": nnU-Net's SGD (momentum 0.99, Nesterov) with the learning rate decayed
+    #: as (1 - t / T) ** 0.9, where t / T is the elapsed share of the wall-clock budget.
+    optimizer: str = "adamw"
+    #: the network returns [B, heads, C, ...] in training (MONAI DynUNet deep supervision): the loss is
+    #: nnU-Net's weighted sum over heads, weights 1, 1/2, 1/4, ... normalised.
+    deep_supervision: bool = False
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -77,14 +83,17 @@ def train_budgeted(
     """Train ``net`` in place until ``deadline`` (at least one step); report elapsed/budget seconds."""
     net.to(device).train()
     sampler = PatchSampler(cases, recipe.roi, seed)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    loss_fn = _loss(recipe)
+    optimizer = _optimizer(net, recipe)
     scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype(device) == torch.float16)
     steps, last_loss, shown = 0, float("nan"), -1
     while steps == 0 or not deadline.expired:
         check(cancel)
         x, y = sampler.batch(recipe.batch_size)
         x, y = x.to(device), y.to(device)
+        if recipe.optimizer == "sgd-poly":
+            for group in optimizer.param_groups:
+                group["lr"] = recipe.lr * (1.0 - min(deadline.elapsed / deadline.seconds, 0.999)) ** 0.9
         optimizer.zero_grad(set_to_none=True)
         with autocast(device):
             loss = loss_fn(net(x), y)
@@ -98,6 +107,25 @@ def train_budgeted(
             report(progress, stage, shown, int(deadline.seconds), f"step {steps} loss {last_loss:.3f}")
     epochs = steps * recipe.batch_size / max(1, len(cases))
     return FitResult(deadline.elapsed, epochs, steps, [f"final training loss {last_loss:.3f}"])
+
+
+def _optimizer(net: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    if recipe.optimizer == "sgd-poly":
+        return torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=0.99, nesterov=True, weight_decay=recipe.weight_decay)
+    return torch.optim.AdamW(net.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+
+
+def _loss(recipe: Recipe):
+    dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
+    if not recipe.deep_supervision:
+        return dice_ce
+
+    def deep_supervised(outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        weights = torch.tensor([0.5**i for i in range(outputs.shape[1])])
+        weights = weights / weights.sum()
+        return sum(float(w) * dice_ce(outputs[:, i], target) for i, w in enumerate(weights))
+
+    return deep_supervised
 
 
 @torch.no_grad()
