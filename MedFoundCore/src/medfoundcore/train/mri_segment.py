@@ -116,7 +116,7 @@ def group_weights(cases: Sequence[MRICase]) -> list[float]:
 def dataset_weights(groups: Sequence[str], taught: Sequence[set[str]]) -> list[float]:
     """Sampling weight per case: each data set (``groups[i]``) is drawn in proportion to
     √(structures it teaches) × (1 + log10(its cases)), its cases equally. Uniform draws would leave the
-    5 BraTS patients 1 crop in 30 beside 160 hippocampus crops; weighting by structures alone would give
+    6 BraTS images 1 crop in 28 beside 160 hippocampus cases; weighting by structures alone would give
     the 160 hippocampus cases as many crops as one cord case."""
     members: dict[str, list[int]] = {}
     for i, group in enumerate(groups):
