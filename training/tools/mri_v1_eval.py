@@ -20,11 +20,11 @@ import time
 
 import numpy as np
 
-from medfoundcore.bench.segment import predict_baseline, train_baseline
+from medfoundcore.bench.segment import predict_baseline, summarize, train_baseline
 from medfoundcore.data.datasets import find_cases
 from medfoundcore.metrics import dice, hd95
 from medfoundcore.train.mri_segment import ABSENT_WHERE_LABELLED
-from medfoundcore.vocabulary import load_vocabulary, structure_values
+from medfoundcore.vocabulary import ancestors, load_vocabulary, structure_values
 
 PARTS = ["hippocampus_anterior", "hippocampus_posterior", "tumor_necrosis", "peritumoral_edema", "non_enhancing_tumor",
          "enhancing_tumor", "spinal_cord"]  # fmt: skip
@@ -68,27 +68,9 @@ def baseline_rows(net, case, refs: dict[str, np.ndarray]) -> list[dict]:
     vocab = load_vocabulary()
     rows = []
     for key in (k for k in PARTS + UNIONS if k in refs):
-        members = [i + 1 for i, p in enumerate(PARTS) if p == key or key in _ancestors(p, vocab)]
+        members = [i + 1 for i, p in enumerate(PARTS) if p == key or key in ancestors(p, vocab)]
         rows.append(score(case.case_id, key, np.isin(classes, members), refs[key], case.image.spacing))
     return rows
-
-
-def _ancestors(key: str, vocab) -> list[str]:
-    from medfoundcore.vocabulary import ancestors
-
-    return ancestors(key, vocab)
-
-
-def summarize(rows: list[dict]) -> dict:
-    by: dict[str, list[dict]] = {}
-    for r in rows:
-        by.setdefault(r["name"], []).append(r)
-    out = {}
-    for name, rs in by.items():
-        finite = [r["hd95_mm"] for r in rs if np.isfinite(r["hd95_mm"])]
-        out[name] = {"n": len(rs), "dice": round(float(np.mean([r["dice"] for r in rs])), 4),
-                     "hd95_mm": round(float(np.median(finite)), 2) if finite else None}  # fmt: skip
-    return out
 
 
 def table(model: dict, baseline: dict | None) -> str:

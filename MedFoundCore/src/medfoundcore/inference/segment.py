@@ -149,12 +149,13 @@ def segment(
     fallback = None
     if model == "default-mri":
         model, fallback = _mri_or_slice_model(prompts)
-    if read_card(model).kind == CT_MODEL_KIND:
+    kind = read_card(model).kind
+    if kind == CT_MODEL_KIND:
         return segment_ct_result(
             volume, prompts, model, dev, keep_islands=keep_islands, use_isd=use_isd, presence_gate=presence_gate,
             best_effort=best_effort, force=force, progress=progress, cancel=cancel,
         )
-    if read_card(model).kind == MRI_MODEL_KIND:
+    if kind == MRI_MODEL_KIND:
         if presence_gate not in ("window", "none"):
             raise InputError(f"presence_gate={presence_gate!r}: model {model!r} gates per volume ('window', the default) or not at all ('none')")
         return segment_mri_result(

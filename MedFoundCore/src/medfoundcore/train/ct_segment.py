@@ -42,7 +42,7 @@ from ..registry import PACKAGED_DIR, ModelCard, save_model
 from ..vocabulary import Vocabulary, ancestors, load_vocabulary
 from .checkpoint import latest_checkpoint, load_checkpoint
 from .ct_features import CachedCase
-from .loop import python_rng_state, save_loop_checkpoint, start_run
+from .loop import load_base_model, python_rng_state, save_loop_checkpoint, start_run
 
 MODEL_KIND = "ct-text-segmenter"
 
@@ -506,7 +506,6 @@ def train_ct_from_cases(
     trains on the cache, i.e. on the pretrained encoder's features, so the model runs on the
     pretrained encoder even when ``base_model`` had a fine-tuned one (its decoder is the start).
     """
-    from ..registry import load_model
     from .ct_features import cache_cases
 
     started = time.monotonic()
@@ -520,9 +519,7 @@ def train_ct_from_cases(
     cases = cache_cases(ct, cache_root, device=device, progress=progress, cancel=cancel)
     init = base_encoder = None
     if base_model:
-        state, base = load_model(base_model)
-        if base.kind != MODEL_KIND:
-            raise InputError(f"--base-model {base_model!r} is a {base.kind!r} model; fine-tuning --model ct needs a CT model such as ct-v1")
+        state, base = load_base_model(base_model, MODEL_KIND, "ct", "a CT model such as ct-v1")
         cfg.model = CTSegmenterConfig.from_dict(base.config["model"])
         init, base_encoder = ct_weights.split_encoder_state(state)
     encoder = finetune_encoder(base_encoder, cfg.encoder_train_from) if finetune else None

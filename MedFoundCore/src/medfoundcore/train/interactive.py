@@ -34,7 +34,7 @@ from ..registry import ModelCard, save_model
 from ..vocabulary import Vocabulary, ancestors, load_vocabulary
 from .ct_features import CachedCase
 from .ct_segment import _lr, case_weights, crop_case, crop_start, dice_loss
-from .loop import log_loss, optimiser_step, resume, save_loop_checkpoint, start_run
+from .loop import load_base_model, log_loss, optimiser_step, resume, save_loop_checkpoint, start_run
 
 MODEL_KIND = "ct-interactive-segmenter"
 #: Structure classes never trained on (with their sides): what the evaluation calls unseen. Each is
@@ -338,7 +338,6 @@ def train_interactive_from_cases(
     """What ``medfound train-seg --model interactive`` does: cache the frozen encoder's features of
     every CT case (resumable, shared with ``--model ct``), train the decoder with simulated
     interaction (from ``base_model``'s weights when fine-tuning), ship it."""
-    from ..registry import load_model
     from .ct_features import cache_cases
 
     started = time.monotonic()
@@ -349,9 +348,7 @@ def train_interactive_from_cases(
     cases = cache_cases(ct, cache_root, device=device, progress=progress, cancel=cancel)
     init = None
     if base_model:
-        init, base = load_model(base_model)
-        if base.kind != MODEL_KIND:
-            raise InputError(f"--base-model {base_model!r} is a {base.kind!r} model; fine-tuning --model interactive needs an interactive model such as interactive-v1")
+        init, base = load_base_model(base_model, MODEL_KIND, "interactive", "an interactive model such as interactive-v1")
         cfg.model = InteractiveConfig.from_dict(base.config["model"])
     if cfg.max_minutes is not None:
         cfg.max_minutes = max(0.0, cfg.max_minutes - (time.monotonic() - started) / 60)

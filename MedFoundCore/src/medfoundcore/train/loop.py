@@ -1,5 +1,5 @@
 """What the decoder training loops of ``ct-v1``, ``interactive-v1`` and ``mri-v1`` share: a seeded start,
-resuming from the newest checkpoint, one clipped optimiser step, a smoothed loss recorded every
+the base model of a fine-tune, resuming from the newest checkpoint, one clipped optimiser step, a smoothed loss recorded every
 ``LOG_EVERY`` steps, and a resumable checkpoint."""
 
 from __future__ import annotations
@@ -34,6 +34,17 @@ def save_loop_checkpoint(workdir: Path, step: int, net: torch.nn.Module, opt: to
                     history=json.dumps(history), cases=history["cases"], rng=json.dumps(rng.getstate()), **extra)  # fmt: skip
     if keep is not None:
         prune_checkpoints(workdir, keep=keep)
+
+
+def load_base_model(name: str, kind: str, family: str, example: str) -> tuple[dict[str, torch.Tensor], Any]:
+    """Weights and card of ``--base-model NAME`` for ``train-seg --model FAMILY``; a model of another
+    kind is refused, naming ``example`` (e.g. "an MRI model such as mri-v1")."""
+    from ..registry import load_model
+
+    state, card = load_model(name)
+    if card.kind != kind:
+        raise InputError(f"--base-model {name!r} is a {card.kind!r} model; fine-tuning --model {family} needs {example}")
+    return state, card
 
 
 def optimiser_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor, clip: float = 1.0) -> None:

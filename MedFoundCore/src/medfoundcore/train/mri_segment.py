@@ -37,7 +37,7 @@ from ..progress import CancelToken, ProgressCallback, check, report
 from ..registry import ModelCard, save_model
 from ..vocabulary import Vocabulary, load_vocabulary, structure_values
 from .ct_segment import _lr, dice_loss, text_table
-from .loop import log_loss, optimiser_step, resume, save_loop_checkpoint, start_run
+from .loop import load_base_model, log_loss, optimiser_step, resume, save_loop_checkpoint, start_run
 
 SPACING_XYZ = (1.0, 1.0, 1.0)
 TUMOUR = ("brain_tumor", "tumor_core", "tumor_necrosis", "peritumoral_edema", "non_enhancing_tumor", "enhancing_tumor")
@@ -295,17 +295,13 @@ def train_mri_from_cases(
 ) -> Path:
     """What ``medfound train-seg --model mri`` does: load every MRI case onto the working grid, train
     (from ``base_model``'s weights when fine-tuning, e.g. ``mri-v1`` on a team's own cases), ship."""
-    from ..registry import load_model
-
     started = time.monotonic()
     mri = [r for r in refs if r.modality == "MRI"]
     if not mri:
         raise InputError("--model mri trains on MRI cases only, and none of the given cases is an MRI")
     init = None
     if base_model:
-        init, base = load_model(base_model)
-        if base.kind != MODEL_KIND:
-            raise InputError(f"--base-model {base_model!r} is a {base.kind!r} model; fine-tuning --model mri needs an MRI model such as mri-v1")
+        init, base = load_base_model(base_model, MODEL_KIND, "mri", "an MRI model such as mri-v1")
         cfg.model = MRISegmenterConfig.from_dict(base.config["model"])
     vocab = load_vocabulary()
     cases = []

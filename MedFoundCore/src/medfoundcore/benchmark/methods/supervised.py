@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
-from monai.losses import DiceCELoss
+from monai.losses import DeepSupervisionLoss, DiceCELoss
 
 from ...device import autocast, autocast_dtype
 from ...progress import CancelToken, ProgressCallback, check, report
@@ -121,9 +121,9 @@ def _loss(recipe: Recipe):
         return dice_ce
 
     def deep_supervised(outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        weights = torch.tensor([0.5**i for i in range(outputs.shape[1])])
-        weights = weights / weights.sum()
-        return sum(float(w) * dice_ce(outputs[:, i], target) for i, w in enumerate(weights))
+        """MONAI's deep-supervision sum over the heads DynUNet stacks on dim 1, weights 1, 1/2, 1/4... normalised."""
+        halves = [0.5**i for i in range(outputs.shape[1])]
+        return DeepSupervisionLoss(dice_ce, weights=[w / sum(halves) for w in halves])(list(outputs.unbind(1)), target)
 
     return deep_supervised
 
