@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -24,7 +25,9 @@ from .jobs import Job, JobCallbacks, JobState
 from .process import ProcessJob, medfound_command
 
 SEGMENT_KINDS = ("prompted-segmenter", "ct-text-segmenter", "mri-text-segmenter")  # selectable in the Segment panel
-FINETUNE_KINDS = ("prompted-segmenter",)  # what the Train panel fine-tunes (train-seg's slice-model family)
+# What the Train panel fine-tunes, and the ``train-seg --model`` family that fine-tunes each kind
+FINETUNE_FAMILIES = {"prompted-segmenter": "text2d", "ct-text-segmenter": "ct", "mri-text-segmenter": "mri"}
+FINETUNE_KINDS = tuple(FINETUNE_FAMILIES)
 INTERACTIVE_KINDS = ("ct-interactive-segmenter",)
 KIND_LABELS = {"prompted-segmenter": "Structure names", "ct-text-segmenter": "Structure names (CT)", "mri-text-segmenter": "Structure names (MRI)",
                "encoder3d": "Points (image features)", "ct-interactive-segmenter": "Points, boxes and strokes"}
@@ -372,12 +375,13 @@ class MedFoundLogic:
     def startTraining(self, cases: list, outputName: str, epochs: float | None = 5, lr: float = 1e-4, batchSize: int = 2,
                       device: str = "auto", baseModel: str | None = "default", callbacks: JobCallbacks | None = None,
                       **config) -> ProcessJob:
-        """Fine-tune ``baseModel`` (None: from scratch) on ``cases`` in a child process (``medfound train-seg``).
+        """Fine-tune ``baseModel`` (None: the slice model from scratch) on ``cases`` in a child process (``medfound train-seg``).
 
         The cases are written to the job's folder in the ``*_img/*_lab/*_labels.json`` layout (see
         :func:`write_training_cases`); metrics arrive through ``callbacks.on_metrics``. The job's
         result is the new model's directory in the user model store. ``epochs`` None trains
-        ``config['steps']`` steps instead; extra keyword arguments are the ``TrainConfig`` fields of
+        ``config['steps']`` steps instead. A 3D base model (ct-v1, mri-v1 and their fine-tunes) trains in its
+        own family, where an epoch is every case once (``batchSize`` crops per step). Extra keyword arguments are the ``TrainConfig`` fields of
         :data:`TRAIN_OPTIONS`. Re-starting with the same ``outputName`` resumes from its checkpoints
         (:meth:`trainingWorkDir`); a cancel kills the process, and the run resumes from its last checkpoint.
         """
@@ -391,10 +395,27 @@ class MedFoundLogic:
         unknown = sorted(set(config) - set(TRAIN_OPTIONS))
         if unknown:
             raise TypeError(f"startTraining: unknown option(s) {', '.join(unknown)}; known: {', '.join(TRAIN_OPTIONS)}")
+        family = self.trainingFamily(baseModel)
+        if family != "text2d" and epochs is not None and config.get("steps") is None:
+            config = {**config, "steps": steps_for_epochs(epochs, len(cases), batchSize)}
+            epochs = None
         workdir = job_folder("train", lambda folder: write_training_cases(cases, folder / "cases"))
-        args = train_arguments(workdir / "cases", name, self.trainingWorkDir(name), epochs, lr, batchSize, device, baseModel, config)
+        args = train_arguments(workdir / "cases", name, self.trainingWorkDir(name), epochs, lr, batchSize, device, baseModel, config, family)
         return ProcessJob("train", medfound_command(*args), workdir, collect=lambda: trained_model_dir(name),
                           callbacks=callbacks).start()
+
+    def trainingFamily(self, baseModel: str | None) -> str:
+        """The ``train-seg --model`` family that fine-tunes ``baseModel`` (None or "default": the slice model)."""
+        from medfoundcore.errors import InputError
+
+        if not baseModel or baseModel == "default":
+            return "text2d"
+        kinds = {m.name: m.kind for m in self.models()}
+        if kinds.get(baseModel) not in FINETUNE_FAMILIES:
+            usable = ", ".join(sorted(n for n, k in kinds.items() if k in FINETUNE_FAMILIES))
+            problem = "is not installed" if baseModel not in kinds else f"is a {KIND_LABELS.get(kinds[baseModel], kinds[baseModel])} model"
+            raise InputError(f"'{baseModel}' {problem}; the Train panel fine-tunes {usable}")
+        return FINETUNE_FAMILIES[kinds[baseModel]]
 
     def recordMetrics(self, tableNode, metrics: dict):
         """Append one epoch's metrics to a table node (created on first use; drives the live plot)."""
@@ -541,10 +562,15 @@ TRAIN_OPTIONS = ("steps", "checkpoint_every", "log_every", "seed", "max_minutes"
                  "prompts_per_image", "synth_fraction")
 
 
+def steps_for_epochs(epochs: float, cases: int, batchSize: int) -> int:
+    """Training steps of a 3D model for ``epochs`` passes over ``cases`` (each step draws ``batchSize`` crops)."""
+    return max(1, math.ceil(epochs * cases / max(1, batchSize)))
+
+
 def train_arguments(cases: Path, name: str, workDir: Path, epochs: float | None, lr: float, batchSize: int, device: str,
-                    baseModel: str | None, config: dict) -> list[str]:
+                    baseModel: str | None, config: dict, family: str = "text2d") -> list[str]:
     """``medfound train-seg`` arguments: the run keeps its checkpoints in ``workDir`` and always resumes them."""
-    args = ["train-seg", str(cases), "--out-name", name, "--work-dir", str(workDir), "--resume",
+    args = ["train-seg", str(cases), "--out-name", name, "--work-dir", str(workDir), "--resume", "--model", family,
             "--lr", repr(float(lr)), "--batch-size", str(int(batchSize)), "--device", device, "--progress-json"]
     if epochs is not None:
         args += ["--epochs", repr(float(epochs))]

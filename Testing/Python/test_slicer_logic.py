@@ -223,6 +223,47 @@ def test_stopped_training_resumes_under_the_same_name(logic, shared_data, pid_al
     assert any(m.name == "resumable" for m in logic.models())
 
 
+def test_train_panel_fine_tunes_mri_v1_in_its_own_family(logic, shared_data, tmp_path):
+    """Starting from mri-v1 trains the 3D MRI family (train-seg --model mri), epochs counted in cases."""
+    import torch
+    from medfoundcore.errors import InputError
+    from medfoundcore.registry import load_model
+
+    folder = tmp_path / "team-cases"
+    folder.mkdir()
+    for case in ("hippocampus_001", "hippocampus_004"):
+        for suffix in ("_img.nii.gz", "_lab.nii.gz", "_labels.json"):
+            (folder / f"{case}{suffix}").symlink_to(shared_data / "msd_hippocampus" / f"{case}{suffix}")
+    mapping = logic.folderPromptMap(str(folder))
+    assert sorted(mapping.values()) == ["hippocampus body and tail", "hippocampus head"]  # vocabulary names mri-v1 knows
+    cases = logic.casesFromFolder(str(folder), mapping)
+    assert logic.trainingFamily("mri-v1") == "mri" and logic.trainingFamily(None) == "text2d"
+    with pytest.raises(InputError, match="encoder-v1' is a Points"):
+        logic.startTraining(cases, "bad-base", epochs=1, baseModel="encoder-v1")
+    job = logic.startTraining(cases, "team-hippo", epochs=2, lr=1e-4, batchSize=2, baseModel="mri-v1", checkpoint_every=1)
+    command = " ".join(job.command)
+    assert "--model mri" in command and "--steps 2" in command and "--epochs" not in command  # 2 epochs x 2 cases / 2 crops
+    job.wait()
+    assert job.state is JobState.SUCCEEDED, job.error
+    tuned, card = load_model("team-hippo")
+    base, _ = load_model("mri-v1")
+    assert card.kind == "mri-text-segmenter" and card.training_data["base_model"] == "mri-v1"
+    assert "team-hippo" in [m.name for m in logic.models(("mri-text-segmenter",))]  # the Segment panel lists it
+    changed = [k for k in base if not torch.equal(base[k].float(), tuned[k].float())]
+    assert changed and all(torch.allclose(base[k].float(), tuned[k].float(), atol=0.05) for k in base)  # moved a little from mri-v1
+
+
+def test_train_panel_fine_tunes_ct_v1_on_the_ct_encoder_features(logic, shared_data):
+    """Starting from ct-v1 trains the ct family (its decoder on the pretrained CT encoder's features)."""
+    cases = logic.casesFromFolder(str(shared_data / "dcmqi_ct3slice"), logic.folderPromptMap(str(shared_data / "dcmqi_ct3slice")))
+    job = logic.startTraining(cases, "team-ct", epochs=1, batchSize=2, baseModel="ct-v1")
+    assert "--model ct" in " ".join(job.command) and "--steps 1" in " ".join(job.command)
+    job.wait()
+    assert job.state is JobState.SUCCEEDED, job.error
+    info = next(m for m in logic.models() if m.name == "team-ct")
+    assert info.kind == "ct-text-segmenter" and logic.trainingFamily("team-ct") == "ct"  # and it can be fine-tuned again
+
+
 def test_models_import_checks_sha256_and_delete_removes(logic, tmp_path):
     import torch
     from medfoundcore.errors import MedFoundError

@@ -70,7 +70,8 @@ def test_segment_through_the_widget(widget, shared_data):
     assert ui.modelComboBox.currentIndex == 0 and widget._segmentModel() == "default"  # the core chooses per modality
     listed = {ui.modelComboBox.itemText(i) for i in range(ui.modelComboBox.count)}
     assert {"ct-v1", "mri-v1", SLICE_MODEL} <= listed  # each family selectable by name
-    assert ui.baseModelComboBox.findText("mri-v1") < 0 and ui.baseModelComboBox.findText(SLICE_MODEL) >= 0  # the Train panel fine-tunes the slice model
+    started = {ui.baseModelComboBox.itemText(i) for i in range(ui.baseModelComboBox.count)}
+    assert {"ct-v1", "mri-v1", SLICE_MODEL, widget.FROM_SCRATCH} <= started and "encoder-v1" not in started  # every fine-tunable family
     volume = _prepare(widget, shared_data)
     assert ui.tabWidget.enabled and ui.applyButton.text == "Segment" and ui.segmentProgressBar.isHidden()
     ui.applyButton.click()
