@@ -131,3 +131,24 @@ def test_config_round_trip_presets_and_validation() -> None:
         Encoder3DConfig.from_dict({"width": 3})
     with pytest.raises(InputError, match="preset"):
         Encoder3DConfig.preset("huge")
+
+
+def test_nemesis_tokens_read_the_whole_crop_and_stay_out_of_the_patch_tokens() -> None:
+    torch.manual_seed(0)
+    encoder = build_encoder3d(Encoder3DConfig.preset("tiny", img_size=32, context_tokens=3)).eval()
+    x = torch.randn(2, 1, 32, 32, 32)
+    out = encoder(x)
+    assert out.tokens.shape == (2, 64, encoder.cfg.dim) and out.context.shape == (2, 3, encoder.cfg.dim)
+    assert all(h.shape == (2, 64, encoder.cfg.dim) for h in out.hidden_states)
+    # the tokens are global: changing one corner of the crop changes every NEMESIS token ...
+    y = x.clone()
+    y[:, :, :8, :8, :8] = 0
+    assert (encoder(y).context - out.context).abs().amax(dim=-1).min() > 1e-4
+    # ... and the patch tokens depend on them (they attend to the NEMESIS tokens at every layer)
+    with torch.no_grad():
+        encoder.context_tokens.add_(1.0)
+    assert not torch.allclose(encoder(x).tokens, out.tokens)
+    # the default is plain 3DME: no extra parameters, so shipped encoders load unchanged
+    assert build_encoder3d("tiny").context_tokens is None and build_encoder3d("tiny")(x).context is None
+    with pytest.raises(InputError, match="context_tokens"):
+        Encoder3DConfig.preset("tiny", context_tokens=-1)

@@ -11,7 +11,8 @@ import torch
 
 from medfoundcore.errors import Cancelled, InputError
 from medfoundcore.models.backbones.encoder3d import load_encoder
-from medfoundcore.train.pretrain import CropSampler, PretrainConfig, discover_volumes, pretrain
+from medfoundcore.losses.ssl import ThreeDMELoss
+from medfoundcore.train.pretrain import CropSampler, Masker, PretrainConfig, _per_level_loss, discover_volumes, pretrain
 
 TINY = dict(encoder="tiny", crop_size=16, spacing_mm=3.0, batch_size=2, lr=2e-3, warmup_steps=2, device="cpu", holdout=1, eval_crops=2)
 
@@ -60,8 +61,9 @@ def test_short_pretraining_on_real_volumes_lowers_loss_and_raises_psnr(shared_da
     assert out.tokens.shape == (1, 8, encoder.cfg.dim)
 
 
-def test_killed_run_resumes_to_the_same_weights(shared_data: Path, tmp_path: Path) -> None:
-    config = PretrainConfig(**TINY, steps=6, checkpoint_every=2, eval_every=6, semantic="self", semantic_refresh_every=3)
+@pytest.mark.parametrize("scheme", ["progressive", "mim"])
+def test_killed_run_resumes_to_the_same_weights(shared_data: Path, tmp_path: Path, scheme: str) -> None:
+    config = PretrainConfig(**TINY, masking=scheme, steps=6, checkpoint_every=2, eval_every=6, semantic="self", semantic_refresh_every=3)
     pretrain(_data(shared_data), config, tmp_path / "straight")
 
     from medfoundcore.progress import CancelToken
@@ -104,3 +106,37 @@ def test_mim_and_dual_axis_schemes_train(shared_data: Path, tmp_path: Path, sche
     assert len(steps) == 2 and all(np.isfinite(r["total"]) and r["rec"] > 0 for r in steps)
     if extra_loss:
         assert all(r[extra_loss] > 0 for r in steps)
+
+
+def test_mim_batches_hold_three_levels_tied_to_the_encoder_token_grid() -> None:
+    config = PretrainConfig(**TINY, masking="mim", masking_options={"gamma": 2, "ratio": 0.5})
+    masker = Masker(config)
+    grid = 16 // 8  # MiM patches are the encoder's own tokens: crop / patch size
+    assert masker.mim_grid == grid and masker.source_crop() == 32  # level 1 is twice the crop in the source
+    x = torch.rand(2, 1, 32, 32, 32)
+    inputs, targets, masks, extra = masker.batch(x, 0, torch.Generator().manual_seed(0))
+    assert inputs.shape == (2 * (1 + 2 + 4), 1, 16, 16, 16) and torch.equal(inputs, targets)
+    assert extra["mim_levels"] == [1, 2, 2, 3, 3, 3, 3] * 2
+    pairs = extra["mim_pairs"]
+    assert sorted({p[3] for p in pairs}) == [1, 2] and len(pairs) == 2 * 6  # both adjacent-level pairs, eq. 7
+    for parent, child, patch, parent_level in pairs:
+        assert extra["mim_levels"][parent] == parent_level and extra["mim_levels"][child] == parent_level + 1
+        # the child was cut from a patch its parent hides: that patch's token is masked in the parent
+        assert masks[parent].view(grid, 8, grid, 8, grid, 8).permute(0, 2, 4, 1, 3, 5).reshape(grid**3, -1)[patch].all()
+    assert masks.float().mean() == pytest.approx(0.5)
+    with pytest.raises(InputError, match="token grid"):
+        Masker(PretrainConfig(**TINY, masking="mim", masking_options={"grid": 4}))
+    with pytest.raises(InputError, match="level1_scale"):
+        Masker(PretrainConfig(**TINY, masking="mim", masking_options={"levels": 5, "level1_scale": 1}))
+
+
+def test_mim_reconstruction_weighs_levels_equally_not_volumes() -> None:
+    loss = ThreeDMELoss((1.0, 0.0, 0.0), None)
+    target = torch.zeros(3, 1, 8, 8, 8)
+    recon = target.clone()
+    recon[0] = 1.0  # only the one level-1 volume is wrong; two level-2 volumes are perfect
+    masks = torch.ones(3, 8, 8, 8, dtype=torch.bool)
+    per_level = _per_level_loss(loss, recon, target, masks, [1, 2, 2])["total"]
+    pooled = loss(recon, target, masks)["total"]
+    assert per_level == pytest.approx(0.5 * loss(recon[:1], target[:1], masks[:1])["total"])
+    assert per_level > pooled  # pooling the batch would give the lone level-1 error a third of the weight

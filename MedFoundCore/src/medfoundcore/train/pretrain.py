@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..device import autocast
@@ -36,7 +35,7 @@ from ..errors import InputError
 from ..io import READ_SUFFIXES, atomic_path, load_volume
 from ..losses.ssl import ThreeDMELoss, frozen_copy
 from ..masking.dual_axis import dual_mask, noise_enhanced
-from ..masking.mim import cross_level_infonce, generate_mim_levels
+from ..masking.mim import cross_level_infonce, generate_mim_levels, multi_level_reconstruction, token_mask
 from ..masking.progressive import DEFAULT_STAGES, ProgressiveMaskingSchedule
 from ..models.backbones.encoder3d import DualBranchEncoder3D, Encoder3DConfig, MaskedAutoencoder3D, build_mae3d
 from ..preprocess import detect_modality, normalize_intensity
@@ -312,15 +311,29 @@ class UnlabelledVolumes(torch.utils.data.IterableDataset):
 
 
 class _Pretrainer(nn.Module):
-    """The MAE as one module (so DDP sees one forward): returns reconstruction and encoder tokens."""
+    """The MAE (plus MiM's alignment projector) as one module, so DDP sees one forward.
 
-    def __init__(self, mae: MaskedAutoencoder3D) -> None:
+    Returns the reconstruction and, when there is a projector, the projected encoder tokens [B, N, D]
+    (MiM's patches p) and the projected mean token of each volume [B, D] (its context vector c).
+    """
+
+    def __init__(self, mae: MaskedAutoencoder3D, projector: nn.Module | None = None) -> None:
         super().__init__()
         self.mae = mae
+        self.projector = projector
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         encoded = self.mae.encoder(self.mae.mask_input(x, mask))
-        return self.mae.decode(encoded), encoded.token_map()
+        recon = self.mae.decode(encoded)
+        if self.projector is None:
+            return recon, None, None
+        tokens = encoded.tokens.float()
+        return recon, self.projector(tokens), self.projector(tokens.mean(dim=1))
+
+
+def mim_projector(dim: int, width: int = 256, out: int = 128) -> nn.Module:
+    """MiM §3.3: the MLP that aggregates a volume's tokens into the space where levels are aligned."""
+    return nn.Sequential(nn.Linear(dim, width), nn.GELU(), nn.Linear(width, out))
 
 
 class Masker:
@@ -332,6 +345,35 @@ class Masker:
         self.options = options
         if config.masking == "progressive":
             self.schedule = _progressive_schedule(options, config.steps)
+        if config.masking == "mim":
+            self._init_mim(config, options)
+
+    def _init_mim(self, config: PretrainConfig, options: dict[str, Any]) -> None:
+        """MiM settings: the paper's 3 levels, one token of the encoder per MiM patch (grid = crop / patch).
+
+        The level-1 volume is ``level1_scale`` crops wide in the source and resized to the crop, as the
+        paper's 384³ level 1 is resized to its 96³ input; each level's patches are a grid-th of its side.
+        """
+        patch = config.encoder_config().patch_size
+        self.mim_grid = config.crop_size // patch
+        if int(options.get("grid", self.mim_grid)) != self.mim_grid:
+            raise InputError(f"MiM grid must be the encoder's token grid {self.mim_grid} (crop {config.crop_size} / patch {patch}), got {options['grid']}")
+        self.mim_levels = int(options.get("levels", 3))
+        self.mim_gamma = options.get("gamma", 2)
+        self.mim_ratio = float(options.get("ratio", 0.6))
+        self.level1_scale = int(options.get("level1_scale", 2))
+        side = config.crop_size * self.level1_scale
+        for level in range(2, self.mim_levels + 1):
+            side //= self.mim_grid
+            if side < self.mim_grid:
+                raise InputError(
+                    f"MiM level {level} would be {side} voxels wide, less than the {self.mim_grid}³ token grid: "
+                    "raise masking_options.level1_scale or lower levels"
+                )
+
+    def source_crop(self) -> int:
+        """Side of the crops the sampler must draw: MiM's level 1 is wider than the network input."""
+        return self.config.crop_size * (self.level1_scale if self.config.masking == "mim" else 1)
 
     def batch(
         self, x: torch.Tensor, step: int, generator: torch.Generator
@@ -351,6 +393,9 @@ class Masker:
         if self.config.masking == "progressive":
             last = self.schedule.stages[-1]
             return ProgressiveMaskingSchedule([(last.block, last.ratio)]).sample_batch(count, shape, 0, generator)
+        if self.config.masking == "mim":  # level-1 masks: the coarse patches a level-1 volume hides
+            patch = self.config.encoder_config().patch_size
+            return torch.stack([_tokens_to_voxels(token_mask(self.mim_grid, self.mim_ratio, generator), patch) for _ in range(count)])
         x = torch.zeros(count, 1, *shape)
         return self.batch(x, self.config.steps, generator)[2][:count]
 
@@ -368,23 +413,24 @@ class Masker:
         return noisy, target, torch.stack(masks), {}
 
     def _mim(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
-        """MiM: level-1 crop + γ level-2 volumes cut from its masked patches, all reconstructed."""
-        grid = int(self.options.get("grid", 4))
-        gamma = int(self.options.get("gamma", 2))
-        ratio = float(self.options.get("ratio", 0.6))
-        volumes, masks, parents = [], [], []
+        """MiM: every level's masked volumes of each sample in one batch, with their levels and the
+        (parent, child, parent patch, parent level) pairs of the cross-level alignment."""
+        crop = (self.config.crop_size,) * 3
+        volumes, masks, levels, pairs = [], [], [], []
         for sample in x:
-            levels = generate_mim_levels(sample, levels=2, grid=grid, ratio=ratio, gamma=gamma, generator=generator)
-            level1, children = levels[0][0], levels[1]
-            base = len(volumes)
-            volumes.append(level1.volume)
-            masks.append(level1.voxel_mask())
-            for child in children:
-                volumes.append(child.volume)
-                masks.append(child.voxel_mask())
-                parents.append((base, len(volumes) - 1, child.parent_patch))
+            tree = generate_mim_levels(sample, self.mim_levels, self.mim_grid, self.mim_ratio, self.mim_gamma, out_size=crop, generator=generator)
+            index: list[list[int]] = []
+            for level in tree:
+                index.append([])
+                for volume in level:
+                    index[-1].append(len(volumes))
+                    volumes.append(volume.volume)
+                    masks.append(volume.voxel_mask())
+                    levels.append(volume.level)
+                    if volume.parent is not None:
+                        pairs.append((index[-2][volume.parent], len(volumes) - 1, volume.parent_patch, volume.level - 1))
         batch = torch.stack(volumes).to(x.dtype)
-        return batch, batch, torch.stack(masks), {"mim_pairs": parents, "mim_grid": grid}
+        return batch, batch, torch.stack(masks), {"mim_pairs": pairs, "mim_levels": levels}
 
 
 def _progressive_schedule(options: dict[str, Any], steps: int) -> ProgressiveMaskingSchedule:
@@ -404,13 +450,25 @@ def _tokens_to_voxels(token_mask: torch.Tensor, patch: int) -> torch.Tensor:
     return m
 
 
-def _mim_alignment(tokens: torch.Tensor, pairs: list[tuple[int, int, int]], grid: int) -> torch.Tensor:
-    """MiM cross-level InfoNCE: a level-2 volume's mean token vs the level-1 patches (pooled tokens)."""
-    patches = F.adaptive_avg_pool3d(tokens.float(), grid).flatten(2).transpose(1, 2)  # [B, g³, C]
-    context = torch.stack([tokens[child].float().mean(dim=(1, 2, 3)) for _, child, _ in pairs])
-    parent_patches = torch.stack([patches[parent] for parent, _, _ in pairs])
-    positive = torch.tensor([p for _, _, p in pairs], device=tokens.device)
-    return cross_level_infonce(context, parent_patches, positive)
+def _mim_alignment(patches: torch.Tensor, context: torch.Tensor, pairs: list[tuple[int, int, int, int]]) -> torch.Tensor:
+    """MiM eq. 6–7: InfoNCE of each finer volume's context vector against its parent's patches (the
+    parent's own encoder tokens, projected), averaged per adjacent-level pair, then over the pairs."""
+    per_level = []
+    for parent_level in sorted({p[3] for p in pairs}):
+        chosen = [p for p in pairs if p[3] == parent_level]
+        positive = torch.tensor([flat for _, _, flat, _ in chosen], device=patches.device)
+        per_level.append(cross_level_infonce(context[[c for _, c, _, _ in chosen]], patches[[p for p, _, _, _ in chosen]], positive))
+    return torch.stack(per_level).mean()
+
+
+def _per_level_loss(loss_fn: ThreeDMELoss, recon: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor, levels: list[int]) -> dict[str, torch.Tensor]:
+    """MiM eq. 3: the 3DME loss of each level's volumes, averaged over levels (not over volumes, so the
+    many small level-3 volumes do not outweigh the one level-1 volume)."""
+    per_level = []
+    for level in sorted(set(levels)):
+        rows = [i for i, lv in enumerate(levels) if lv == level]
+        per_level.append(loss_fn(recon[rows], targets[rows], masks[rows]))
+    return {key: multi_level_reconstruction([parts[key] for parts in per_level]) for key in per_level[0]}
 
 
 # ------------------------------------------------------------------------------------------ state
@@ -526,22 +584,23 @@ def _pretrain(
     device = info.device
     files = discover_volumes(paths)
     train_files, eval_files = split_holdout(files, config.holdout, config.seed)
-    sampler = CropSampler(train_files, config.crop_size, config.spacing_mm, config.max_background, config.ct_window)
+    masker = Masker(config)
+    sampler = CropSampler(train_files, masker.source_crop(), config.spacing_mm, config.max_background, config.ct_window)
     eval_sampler = CropSampler(eval_files, config.crop_size, config.spacing_mm, config.max_background, config.ct_window) if eval_files else None
 
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     mae = build_mae3d(config.encoder_config()).to(device)
-    model = distributed.wrap(_Pretrainer(mae), info)
-    optimizer = torch.optim.AdamW(mae.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
+    pretrainer = _Pretrainer(mae, mim_projector(mae.cfg.dim) if config.masking == "mim" else None).to(device)
+    model = distributed.wrap(pretrainer, info)
+    optimizer = torch.optim.AdamW(pretrainer.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
-    masker = Masker(config)
     state = PretrainState()
 
     loss_fn = ThreeDMELoss(config.loss_weights, _semantic_phi(mae, config))
     checkpoints = work_dir / "checkpoints"
     latest = latest_checkpoint(checkpoints) if resume else None
     if latest is not None:
-        state = _restore(latest, mae, optimizer, scheduler, loss_fn, config)
+        state = _restore(latest, pretrainer, optimizer, scheduler, loss_fn, config)
     eval_set = _eval_set(eval_sampler, masker, config) if info.is_main else None
 
     dataset = UnlabelledVolumes(sampler, config.seed, info.rank, start=state.step * config.batch_size)
@@ -568,7 +627,7 @@ def _pretrain(
                 on_metrics(evaluation)
         if state.step % config.checkpoint_every == 0 or last:
             if info.is_main:
-                _save(checkpoints, mae, optimizer, scheduler, loss_fn, state, config)
+                _save(checkpoints, pretrainer, optimizer, scheduler, loss_fn, state, config)
             distributed.barrier()
         if out_of_time:
             break
@@ -645,11 +704,14 @@ def _train_step(
     inputs, targets, masks, extra = masker.batch(x, step, _step_generator(config, info.rank, step))
     inputs, targets, masks = inputs.to(info.device), targets.to(info.device), masks.to(info.device)
     with autocast(info.device) if config.amp else contextlib.nullcontext():
-        recon, tokens = model(inputs, masks)
-        parts = loss_fn(recon.float(), targets, masks)
+        recon, patches, context = model(inputs, masks)
+        if "mim_levels" in extra:
+            parts = _per_level_loss(loss_fn, recon.float(), targets, masks, extra["mim_levels"])
+        else:
+            parts = loss_fn(recon.float(), targets, masks)
         total = parts["total"]
-        if "mim_pairs" in extra:
-            parts["mim_infonce"] = _mim_alignment(tokens, extra["mim_pairs"], extra["mim_grid"])
+        if extra.get("mim_pairs"):
+            parts["mim_infonce"] = _mim_alignment(patches.float(), context.float(), extra["mim_pairs"])
             total = total + float(masker.options.get("infonce_weight", 0.1)) * parts["mim_infonce"]
     optimizer.zero_grad(set_to_none=True)
     total.backward()
@@ -673,7 +735,7 @@ def _semantic_phi(mae: MaskedAutoencoder3D, config: PretrainConfig) -> nn.Module
 
 def _save(
     directory: Path,
-    mae: MaskedAutoencoder3D,
+    pretrainer: _Pretrainer,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     loss_fn: ThreeDMELoss,
@@ -682,7 +744,8 @@ def _save(
 ) -> None:
     save_checkpoint(
         checkpoint_path(directory, state.step),
-        model=mae.state_dict(),
+        model=pretrainer.mae.state_dict(),
+        projector=pretrainer.projector.state_dict() if pretrainer.projector is not None else {},
         phi=loss_fn.phi.state_dict() if loss_fn.phi is not None else {},
         optimizer=optimizer.state_dict(),
         scheduler=scheduler.state_dict(),
@@ -696,7 +759,7 @@ def _save(
 
 def _restore(
     path: Path,
-    mae: MaskedAutoencoder3D,
+    pretrainer: _Pretrainer,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     loss_fn: ThreeDMELoss,
@@ -707,7 +770,9 @@ def _restore(
     saved = json.loads(data["config"])
     if saved.get("encoder") != config.encoder or saved.get("crop_size") != config.crop_size or saved.get("encoder_overrides") != config.encoder_overrides:
         raise InputError(f"{path}: checkpoint was made with another encoder/crop size ({saved.get('encoder')}, {saved.get('crop_size')}); use a new --work-dir or the same config")
-    mae.load_state_dict(data["model"])
+    pretrainer.mae.load_state_dict(data["model"])
+    if pretrainer.projector is not None:
+        pretrainer.projector.load_state_dict(data["projector"])
     if loss_fn.phi is not None and data.get("phi"):
         loss_fn.phi.load_state_dict(data["phi"])  # φ is the snapshot of the last refresh, not the resumed weights
     optimizer.load_state_dict(data["optimizer"])

@@ -109,15 +109,9 @@ class ThreeDME(Method):
 
     def _random_encoder(self, work_dir: Path) -> Path:
         """``ENCODER``'s architecture and card with freshly initialised weights, saved for ``finetune``."""
-        from ...models.backbones.encoder3d import build_encoder3d, load_encoder
-        from ...registry import save_model
+        from ...models.backbones.encoder3d import save_random_encoder
 
-        _, card = load_encoder(ENCODER)
-        torch.manual_seed(self.settings.seed)
-        encoder = build_encoder3d(card.config)
-        card = dataclasses.replace(card, name="random-init-encoder", description=f"{ENCODER}'s architecture, random weights (control)",
-                                   metrics={}, training_data={}, sha256="", created="")  # fmt: skip
-        return save_model(encoder.state_dict(), card, work_dir / "random-encoder", overwrite=True)
+        return Path(save_random_encoder(ENCODER, work_dir / "random-encoder", self.settings.seed))
 
     def _measure(self, config: Any, cases: Sequence[BenchCase]) -> tuple[float, float, Any]:
         """Seconds per training step of this model, and an estimate of finetune()'s case preparation."""

@@ -38,7 +38,9 @@ class Encoder3DConfig:
     ``conv_channels`` are the widths of the stride-2 convolutions; there are log2(patch_size) of them so
     that the Conv3D branch ends on the same grid as the patch tokens. ``pos_embed`` is ``"concat"`` (each
     axis encoded in its own third of the channels, the default) or ``"sum"`` (eq. 1 as printed, where
-    the three axes are added and so ``PE(x, y, z) == PE(y, x, z)``).
+    the three axes are added and so ``PE(x, y, z) == PE(y, x, z)``). ``context_tokens`` > 0 adds that many
+    learned NEMESIS tokens (NT): global tokens that every ViT layer reads and writes beside the patch
+    tokens, so each layer can aggregate context from the whole crop (0, the default, is plain 3DME).
     """
 
     img_size: int = 128
@@ -55,6 +57,7 @@ class Encoder3DConfig:
     decoder_dim: int | None = None
     decoder_heads: int | None = None
     pos_embed: PosEmbedMode = "concat"
+    context_tokens: int = 0
     grad_checkpointing: bool = False
 
     def __post_init__(self) -> None:
@@ -79,6 +82,8 @@ class Encoder3DConfig:
             raise InputError(f"encoder3d config: fusion_layers {bad} outside 1..depth={self.depth}")
         if self.pos_embed not in ("concat", "sum"):
             raise InputError(f"encoder3d config: pos_embed must be 'concat' or 'sum', got {self.pos_embed!r}")
+        if self.context_tokens < 0:
+            raise InputError(f"encoder3d config: context_tokens must be >= 0, got {self.context_tokens}")
         if self.img_size % p:
             raise InputError(f"encoder3d config: img_size {self.img_size} is not a multiple of patch_size {p}")
 
@@ -255,6 +260,7 @@ class Encoder3DOutput:
         UNETR-style heads that read several depths.
     conv_features: Conv3D-branch pyramid, [B, c_i, D/2^i, H/2^i, W/2^i] for i = 1..log2(p).
     fused_conv: [B, C, d, h, w] conv-branch map after the last fusion.
+    context: [B, K, C] the NEMESIS tokens after the final LayerNorm (None when the config has none).
     """
 
     tokens: torch.Tensor
@@ -262,6 +268,7 @@ class Encoder3DOutput:
     hidden_states: list[torch.Tensor]
     conv_features: list[torch.Tensor]
     fused_conv: torch.Tensor
+    context: torch.Tensor | None = None
 
     def token_map(self) -> torch.Tensor:
         """Tokens as a feature volume [B, C, d, h, w]."""
@@ -307,6 +314,7 @@ class DualBranchEncoder3D(nn.Module):
             {str(i): FusionBlock(cfg.dim, cfg.heads, cfg.deform_points, cfg.mlp_ratio) for i in cfg.fusion_layers}
         )
         self.norm = nn.LayerNorm(cfg.dim)
+        self.context_tokens = nn.Parameter(torch.randn(1, cfg.context_tokens, cfg.dim) * 0.02) if cfg.context_tokens else None
         self._pe_cache: dict[tuple, torch.Tensor] = {}
 
     @property
@@ -350,17 +358,22 @@ class DualBranchEncoder3D(nn.Module):
         grid: Grid = (x.shape[2] // p, x.shape[3] // p, x.shape[4] // p)
         z = map_to_tokens(self.patch_embed(x))
         z = z + self.pos_embed(grid, x.device).to(z.dtype)
+        k = self.cfg.context_tokens
+        if self.context_tokens is not None:
+            z = torch.cat([self.context_tokens.to(z.dtype).expand(z.shape[0], -1, -1), z], dim=1)
         pyramid, f_map = self.conv_branch(x)
         f = map_to_tokens(f_map)
         hidden: list[torch.Tensor] = []
         for i, block in enumerate(self.blocks, start=1):
             z = self._run(block, z)
             fusion = self.fusions[str(i)] if str(i) in self.fusions else None
-            if fusion is not None:
-                z, f = self._run(fusion, z, f, grid)
-                hidden.append(z)
-        tokens = self.norm(z)
-        return Encoder3DOutput(tokens, grid, hidden, pyramid, tokens_to_map(f, grid))
+            if fusion is not None:  # fusion is spatial: only the patch tokens meet the conv branch
+                patches, f = self._run(fusion, z[:, k:], f, grid)
+                z = torch.cat([z[:, :k], patches], dim=1)
+                hidden.append(patches)
+        out = self.norm(z)
+        context = out[:, :k] if k else None
+        return Encoder3DOutput(out[:, k:], grid, hidden, pyramid, tokens_to_map(f, grid), context)
 
 
 # --------------------------------------------------------------------------- masked autoencoder
@@ -453,6 +466,21 @@ def load_encoder(name_or_path: str | os.PathLike[str]) -> tuple[DualBranchEncode
     encoder = build_encoder3d(card.config)
     encoder.load_state_dict(state)
     return encoder.eval(), card
+
+
+def save_random_encoder(reference: str | os.PathLike[str], directory: str | os.PathLike[str], seed: int = 0) -> os.PathLike[str]:
+    """``reference``'s architecture and card with freshly initialised weights (torch seed ``seed``), saved
+    as a model in ``directory``: the random-initialisation control of any claim that pretraining helps."""
+    import dataclasses
+
+    from ...registry import save_model
+
+    _, card = load_encoder(reference)
+    torch.manual_seed(seed)
+    encoder = build_encoder3d(card.config)
+    card = dataclasses.replace(card, name="random-init-encoder", description=f"architecture of {card.name}, random weights (control)",
+                               metrics={}, training_data={}, extra={}, sha256="", created="")  # fmt: skip
+    return save_model(encoder.state_dict(), card, directory, overwrite=True)
 
 
 def count_parameters(module: nn.Module) -> int:
