@@ -70,6 +70,32 @@ def corrupt_file():
 
 
 @pytest.fixture(scope="session")
+def assert_exact_resume():
+    """``assert_exact_resume(train, cases, cfg, tmp_path, stop_at)``: a run of ``train(cases, work_dir,
+    cfg, progress=, cancel=) -> (net, history)`` cancelled after ``stop_at`` steps and resumed ends with
+    the weights of an uninterrupted run (data order, optimiser and weights restored)."""
+    from medfoundcore.errors import Cancelled
+    from medfoundcore.progress import CancelToken
+
+    def check(train, cases, cfg, tmp_path: Path, stop_at: int) -> None:
+        token = CancelToken()
+
+        def stop(progress) -> None:
+            if progress.done == stop_at:
+                token.cancel()
+
+        with pytest.raises(Cancelled):
+            train(cases, tmp_path / "a", cfg, progress=stop, cancel=token)
+        resumed, history = train(cases, tmp_path / "a", cfg)
+        straight, _ = train(cases, tmp_path / "b", cfg)
+        assert history["steps_done"] == cfg.steps
+        for (name, a), b in zip(resumed.state_dict().items(), straight.state_dict().values()):
+            assert torch.allclose(a, b, atol=1e-6), name
+
+    return check
+
+
+@pytest.fixture(scope="session")
 def cached_crop(shared_data, tmp_path_factory):
     """40 axial slices (120 mm) of the abdominal patient ts_ct_full, cached through the real encoder
     (shared by the ct-v1 and interactive model tests; a training patient: no Dice threshold on it)."""

@@ -98,22 +98,9 @@ def test_presence_gradient_never_reaches_the_segmentation_path(cached_crop):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.presence.parameters())
 
 
-def test_resume_continues_exactly_where_it_stopped(cached_crop, tmp_path, one_thread):
+def test_resume_continues_exactly_where_it_stopped(cached_crop, tmp_path, one_thread, assert_exact_resume):
     """Cancelled after 4 steps, resumed to 8 == 8 steps in one go (data order, optimiser and weights restored)."""
-    cfg = CTTrainConfig(steps=8, model=SMALL, checkpoint_every=4)
-    token = CancelToken()
-
-    def stop_at_four(p):
-        if p.done == 4:
-            token.cancel()
-
-    with pytest.raises(Cancelled):
-        train_ct_segmenter(cached_crop, tmp_path / "a", cfg, progress=stop_at_four, cancel=token)
-    resumed, history = train_ct_segmenter(cached_crop, tmp_path / "a", cfg)
-    straight, _ = train_ct_segmenter(cached_crop, tmp_path / "b", cfg)
-    assert history["steps_done"] == 8
-    for (name, a), b in zip(resumed.state_dict().items(), straight.state_dict().values()):
-        assert torch.allclose(a, b, atol=1e-6), name
+    assert_exact_resume(train_ct_segmenter, cached_crop, CTTrainConfig(steps=8, model=SMALL, checkpoint_every=4), tmp_path, stop_at=4)
 
 
 def test_unions_train_on_their_parts(cached_crop):

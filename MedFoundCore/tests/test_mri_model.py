@@ -18,12 +18,11 @@ import torch
 import medfoundcore
 from medfoundcore.cli import main
 from medfoundcore.data.datasets import find_cases
-from medfoundcore.errors import Cancelled, InputError
+from medfoundcore.errors import InputError
 from medfoundcore.io import Volume, load_volume
 from medfoundcore.metrics import dice
 from medfoundcore.models.mri_segmenter import MRISegmenterConfig, build_mri_segmenter
 from medfoundcore.preprocess import resample_onto
-from medfoundcore.progress import CancelToken
 from medfoundcore.train.ct_segment import text_table
 from medfoundcore.registry import load_model
 from medfoundcore.train.mri_segment import MRITrainConfig, prepare_case, sample_batch, ship, train_mri_from_cases, train_mri_segmenter
@@ -102,21 +101,9 @@ def test_presence_gradient_never_reaches_the_segmentation_path():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.presence.parameters())
 
 
-def test_resume_continues_exactly_where_it_stopped(hippocampus_cases, tmp_path, one_thread):
+def test_resume_continues_exactly_where_it_stopped(hippocampus_cases, tmp_path, one_thread, assert_exact_resume):
     cfg = MRITrainConfig(steps=6, crop_zxy=CROP, checkpoint_every=3, model=TINY)
-    token = CancelToken()
-
-    def stop_at_three(p):
-        if p.done == 3:
-            token.cancel()
-
-    with pytest.raises(Cancelled):
-        train_mri_segmenter(hippocampus_cases, tmp_path / "a", cfg, progress=stop_at_three, cancel=token)
-    resumed, history = train_mri_segmenter(hippocampus_cases, tmp_path / "a", cfg)
-    straight, _ = train_mri_segmenter(hippocampus_cases, tmp_path / "b", cfg)
-    assert history["steps_done"] == 6
-    for (name, a), b in zip(resumed.state_dict().items(), straight.state_dict().values()):
-        assert torch.allclose(a, b, atol=1e-6), name
+    assert_exact_resume(train_mri_segmenter, hippocampus_cases, cfg, tmp_path, stop_at=3)
 
 
 def test_same_result_in_any_orientation(trained, hippocampus_refs, one_thread):
@@ -139,7 +126,7 @@ def test_cli_trains_on_mri_and_refuses_ct(shared_data, tmp_path, one_thread, cap
     card = json.loads((out / "card.json").read_text())
     assert card["kind"] == "mri-text-segmenter" and card["extra"]["history"]["steps_done"] == 2
     assert card["training_data"]["config"]["lr"] == MRITrainConfig().lr  # the recipe's own default, not the slice model's
-    ct = ["train-seg", "--model", "mri", str(d / "totalsegmentator" / "ts_ct_sm_img.nii.gz"), "--out-name", "mri-ct",
+    ct = ["train-seg", "--model", "mri", str(d / "dcmqi_ct3slice" / "ct3slice_img.nii.gz"), "--out-name", "mri-ct",
           "--output-dir", str(tmp_path / "ct"), "--work-dir", str(tmp_path / "w2"), "--steps", "1", "--quiet"]  # fmt: skip
     assert main(ct) == 2
     assert "MRI cases only" in capsys.readouterr().err

@@ -13,6 +13,12 @@ from medfoundcore.benchmark.cases import default_data_dir, discover_cases, hash_
 from medfoundcore.benchmark.protocol import make_manifest
 
 
+def fold_split(fold: int = 0, folds: int = 5, seed: int = 0):
+    """The benchmark's split of the MSD hippocampus cases for one fold (``.train`` / ``.test`` case ids)."""
+    data = default_data_dir()
+    return make_manifest("msd-hippocampus", hash_cases(data, discover_cases(data)), folds, seed).fold(fold)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fold", type=int, default=0)
@@ -20,10 +26,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--part", choices=("test", "train"), default="test")
     args = parser.parse_args()
-    data = default_data_dir()
-    ids = discover_cases(data)
-    manifest = make_manifest("msd-hippocampus", hash_cases(data, ids), args.folds, args.seed)
-    fold = manifest.fold(args.fold)
+    fold = fold_split(args.fold, args.folds, args.seed)
     print(" ".join(fold.test if args.part == "test" else fold.train))
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medfoundcore.benchmark.cases import default_data_dir, discover_cases, hash_cases
-from medfoundcore.benchmark.protocol import make_manifest
+from hippocampus_fold import fold_split  # this folder's tool: the benchmark's fold
+from medfoundcore.benchmark.cases import default_data_dir
 from medfoundcore.data.datasets import CaseRef
 from medfoundcore.io import load_volume
 from medfoundcore.metrics import dice
@@ -36,8 +36,7 @@ MODES = {"frozen": True, "finetuned": False}
 def fold_cases(fold: int = 0) -> tuple[list[CaseRef], list[str]]:
     """(training cases, held-out case ids) of the benchmark's fold (seed 0, 5 folds)."""
     data = default_data_dir()
-    manifest = make_manifest("msd-hippocampus", hash_cases(data, discover_cases(data)), 5, 0)
-    split = manifest.fold(fold)
+    split = fold_split(fold)
     train = [CaseRef(c, c, data / f"{c}_img.nii.gz", data / f"{c}_lab.nii.gz", dict(PARTS), "MRI") for c in split.train]
     return train, list(split.test)
 
