@@ -11,6 +11,7 @@ import torch
 from medfoundcore.cli import main as cli_main
 from medfoundcore.data.datasets import find_cases
 from medfoundcore.errors import InputError, ModelError
+from medfoundcore.models.backbones.encoder3d import load_encoder
 from medfoundcore.registry import list_models
 from medfoundcore.train.finetune import FinetuneConfig, finetune, load_finetuned, predict_segmentation
 
@@ -36,8 +37,6 @@ def test_segmentation_head_learns_registers_and_predicts(shared_data: Path, medf
     assert [s["value"] for s in card.structures] == [1, 2]
     assert card.training_data["base_encoder"] == "encoder-v1"
     # the frozen encoder kept the pretrained weights
-    from medfoundcore.models.backbones.encoder3d import load_encoder
-
     base, _ = load_encoder("encoder-v1")
     assert all(torch.equal(a, b.to(a.dtype)) for a, b in zip(model.encoder.state_dict().values(), base.state_dict().values()))
 
@@ -55,9 +54,14 @@ def test_classification_head_on_modality_and_bad_inputs(shared_data: Path, medfo
     config = FinetuneConfig(task="classification", epochs=3, steps_per_epoch=3, batch_size=2, crop_size=32, spacing_mm=4.0, lr=3e-3, device="cpu")
     losses: list[float] = []
     directory = finetune(cases, config, "encoder-v1", "ct-vs-mr", on_metrics=lambda m: losses.append(m["loss"]))
-    assert losses[-1] < losses[0]
+    # Nine steps on random crops of two volumes do not separate CT from MRI: no loss decrease is asserted.
+    # (One used to be: it held only while smaller volumes were padded at the crop's end, and the head read
+    # the padding's extent, not the image: preprocess.pad_randomly.)
+    assert len(losses) == 9 and np.isfinite(losses).all()
     model, card = load_finetuned(directory)
     assert [s["name"] for s in card.structures] == ["CT", "MRI"]
+    base, _ = load_encoder("encoder-v1")
+    assert all(torch.equal(a, b.to(a.dtype)) for a, b in zip(model.encoder.state_dict().values(), base.state_dict().values()))
     with pytest.raises(InputError, match="classifier"):
         predict_segmentation(directory, cases[0].image, device="cpu")
     with pytest.raises(ModelError, match="not a pretrained 3D encoder"):

@@ -25,7 +25,7 @@ from medfoundcore.models.mri_segmenter import MRISegmenterConfig, build_mri_segm
 from medfoundcore.preprocess import resample_onto
 from medfoundcore.train.ct_segment import text_table
 from medfoundcore.registry import load_model
-from medfoundcore.train.mri_segment import MRITrainConfig, prepare_case, sample_batch, ship, train_mri_from_cases, train_mri_segmenter
+from medfoundcore.train.mri_segment import MRITrainConfig, _crop, prepare_case, sample_batch, ship, train_mri_from_cases, train_mri_segmenter
 from medfoundcore.vocabulary import load_vocabulary
 
 TINY = MRISegmenterConfig(width=16, channels=[8, 16, 32])
@@ -91,6 +91,23 @@ def test_targets_are_labelled_known_absent_or_unsupervised(shared_data, hippocam
     assert batch.weight[:, 1].tolist() == [1.0, 1.0] and batch.target[:, 1].sum() == 0
     assert batch.weight[:, 2].tolist() == [0.0, 0.0]
     assert batch.weight[:, 3].tolist() == [1.0, 1.0] and batch.target[:, 3].sum() == 0
+
+
+def test_a_case_smaller_than_the_crop_lands_anywhere_in_it(hippocampus_cases):
+    """An MSD hippocampus image is smaller than the crop: it must not always sit in the crop's corner
+    (inference meets it centred, or anywhere in a whole-brain window), and image and labels move together."""
+    case = hippocampus_cases[0]
+    crop = tuple(s + 12 for s in case.image.shape)
+    rng = __import__("random").Random(0)
+    offsets = set()
+    for _ in range(12):
+        image, labels = _crop(case, crop, rng, foreground=0.7)
+        assert image.shape == labels.shape == crop
+        corner = tuple(int(np.flatnonzero(image.any(axis=tuple(a for a in range(3) if a != axis)))[0]) for axis in range(3))
+        inside = tuple(slice(c, c + s) for c, s in zip(corner, case.image.shape))
+        assert np.array_equal(image[inside], case.image) and np.array_equal(labels[inside], case.labels)
+        offsets.add(corner)
+    assert len(offsets) > 6 and {c for o in offsets for c in o} != {0}
 
 
 def test_presence_gradient_never_reaches_the_segmentation_path():

@@ -6,7 +6,7 @@ Images become float32 in [0, 255]: CT through a window (width/level in HU), anyt
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -278,6 +278,23 @@ def body_box(unit: np.ndarray, labels: np.ndarray | None, limit: Sequence[int] =
         f = None if focus is None else focus.any(axis=other)
         box.append(_span(body.any(axis=other), unit.shape[axis], limit[axis], f))
     return tuple(box)
+
+
+def pad_randomly(
+    arrays: Sequence[np.ndarray], size: Sequence[int], draw: Callable[[int], int]
+) -> tuple[list[np.ndarray], list[int]]:
+    """Zero-pad arrays of one shape to at least ``size`` per axis, the padding of each axis split at
+    ``draw(n)`` ∈ [0, n] voxels in front; returns the arrays and the front padding (to shift indices).
+
+    Why: a training crop larger than its image (an MSD hippocampus crop in a 40-64 voxel window) padded
+    only at the end always puts the image in the window's corner, at one phase of the network's
+    strides, while inference meets it centred or anywhere in a larger image."""
+    missing = [max(0, c - s) for s, c in zip(arrays[0].shape, size)]
+    before = [draw(n) if n else 0 for n in missing]  # no draw where nothing is missing: seeded runs of larger images unchanged
+    pads = [(b, n - b) for b, n in zip(before, missing)]
+    if not any(b or a for b, a in pads):
+        return list(arrays), before
+    return [np.pad(a, pads) for a in arrays], before
 
 
 def pad_to_stride(array: np.ndarray, multiple: Sequence[int] = CT_ENCODER_MULTIPLE_ZXY, value: float = 0.0) -> np.ndarray:

@@ -315,11 +315,13 @@ def _baseline_volume(case, keys: list[str], spacing: float = BASELINE_SPACING):
 
 
 def _crop(image, classes, rng):
-    """A PATCH³ crop (zero-padded), centred on foreground two times out of three."""
+    """A PATCH³ crop (zero-padded at random sides: ``preprocess.pad_randomly``), centred on foreground
+    two times out of three."""
     import numpy as np
 
-    pad = [(0, max(0, PATCH - s)) for s in image.shape]
-    image, classes = np.pad(image, pad), np.pad(classes, pad)
+    from ..preprocess import pad_randomly
+
+    (image, classes), _ = pad_randomly((image, classes), (PATCH,) * 3, lambda n: int(rng.integers(n + 1)))
     fg = np.argwhere(classes > 0)
     if fg.size and rng.random() < 0.67:
         centre = fg[rng.integers(len(fg))]

@@ -31,7 +31,7 @@ from ..config import dataclass_from_dict
 from ..errors import InputError, ModelError
 from ..io import Volume
 from ..models.heads import build_task_model3d, ClassificationModel3D, SegmentationModel3D, task_config
-from ..preprocess import detect_modality, normalize_intensity, resample_like, resample_to_spacing
+from ..preprocess import detect_modality, normalize_intensity, pad_randomly, resample_like, resample_to_spacing
 from ..progress import CancelToken, ProgressCallback, check, report
 from ..registry import ModelCard, load_model, save_model
 from ..models.backbones.encoder3d import load_encoder
@@ -134,13 +134,14 @@ def _prepare(case: Case, config: FinetuneConfig, spacing: float, window: str, va
 
 
 def _random_crop(case: PreparedCase, size: int, rng: np.random.Generator, foreground_fraction: float) -> tuple[np.ndarray, np.ndarray | None]:
-    """A ``size``³ crop (zero-padded where the volume is smaller), centred on foreground when asked."""
-    pad = [(0, max(0, size - s)) for s in case.image.shape]
-    image = np.pad(case.image, pad)
-    labels = np.pad(case.labels, pad) if case.labels is not None else None
+    """A ``size``³ crop (a smaller volume zero-padded at random sides: ``preprocess.pad_randomly``),
+    centred on foreground when asked."""
+    arrays = [case.image] if case.labels is None else [case.image, case.labels]
+    arrays, before = pad_randomly(arrays, (size,) * 3, lambda n: int(rng.integers(n + 1)))
+    image, labels = arrays[0], (arrays[1] if case.labels is not None else None)
     shape = np.array(image.shape)
     if case.foreground is not None and len(case.foreground) and rng.random() < foreground_fraction:
-        centre = case.foreground[rng.integers(len(case.foreground))]
+        centre = case.foreground[rng.integers(len(case.foreground))] + np.asarray(before)
         start = np.clip(centre - size // 2, 0, shape - size)
     else:
         start = np.array([rng.integers(0, s - size + 1) for s in shape])

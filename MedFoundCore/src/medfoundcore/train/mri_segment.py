@@ -32,7 +32,7 @@ from ..device import autocast
 from ..errors import InputError
 from ..models.mri_segmenter import MODEL_KIND, MRISegmenterConfig, MRITextSegmenter, build_mri_segmenter
 from ..models.text_query import with_new_keys
-from ..preprocess import encoder_input
+from ..preprocess import encoder_input, pad_randomly
 from ..progress import CancelToken, ProgressCallback, check, report
 from ..registry import ModelCard, save_model
 from ..vocabulary import Vocabulary, load_vocabulary, structure_values
@@ -131,15 +131,16 @@ def dataset_weights(groups: Sequence[str], taught: Sequence[set[str]]) -> list[f
 
 
 def _crop(case: MRICase, crop: Sequence[int], rng: random.Random, foreground: float) -> tuple[np.ndarray, np.ndarray]:
-    """A crop of ``crop`` voxels (zero-padded where the case is smaller), centred on a labelled voxel
-    with probability ``foreground``."""
-    pads = [(0, max(0, c - s)) for s, c in zip(case.image.shape, crop)]
-    image, labels = (np.pad(a, pads) for a in (case.image, case.labels)) if any(p for _, p in pads) else (case.image, case.labels)
+    """A crop of ``crop`` voxels, centred on a labelled voxel with probability ``foreground``; a case
+    smaller than the crop lands at a random place in it (``preprocess.pad_randomly``: padded only at the
+    end, the held-out hippocampus scored 0.834 / 0.835 on 20 fold-0 cases vs 0.874 / 0.860 when
+    inference padded it the same way)."""
+    (image, labels), before = pad_randomly((case.image, case.labels), crop, lambda n: rng.randint(0, n))
     centre = None
     if rng.random() < foreground and case.values:
         where = case.voxels(rng.choice(sorted(case.values)))
         if len(where):
-            centre = where[rng.randrange(len(where))]
+            centre = where[rng.randrange(len(where))] + np.asarray(before)
     starts = []
     for axis, (size, c) in enumerate(zip(image.shape, crop)):
         if centre is None:
