@@ -291,9 +291,9 @@ def pad_randomly(
     strides, while inference meets it centred or anywhere in a larger image."""
     missing = [max(0, c - s) for s, c in zip(arrays[0].shape, size)]
     before = [draw(n) if n else 0 for n in missing]  # no draw where nothing is missing: seeded runs of larger images unchanged
-    pads = [(b, n - b) for b, n in zip(before, missing)]
-    if not any(b or a for b, a in pads):
+    if not any(missing):
         return list(arrays), before
+    pads = [(b, n - b) for b, n in zip(before, missing)]
     return [np.pad(a, pads) for a in arrays], before
 
 

@@ -136,9 +136,9 @@ def _prepare(case: Case, config: FinetuneConfig, spacing: float, window: str, va
 def _random_crop(case: PreparedCase, size: int, rng: np.random.Generator, foreground_fraction: float) -> tuple[np.ndarray, np.ndarray | None]:
     """A ``size``³ crop (a smaller volume zero-padded at random sides: ``preprocess.pad_randomly``),
     centred on foreground when asked."""
-    arrays = [case.image] if case.labels is None else [case.image, case.labels]
-    arrays, before = pad_randomly(arrays, (size,) * 3, lambda n: int(rng.integers(n + 1)))
-    image, labels = arrays[0], (arrays[1] if case.labels is not None else None)
+    arrays = [a for a in (case.image, case.labels) if a is not None]
+    (image, *labels), before = pad_randomly(arrays, (size,) * 3, lambda n: int(rng.integers(n + 1)))
+    labels = labels[0] if labels else None
     shape = np.array(image.shape)
     if case.foreground is not None and len(case.foreground) and rng.random() < foreground_fraction:
         centre = case.foreground[rng.integers(len(case.foreground))] + np.asarray(before)

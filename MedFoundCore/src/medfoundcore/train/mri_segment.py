@@ -132,9 +132,9 @@ def dataset_weights(groups: Sequence[str], taught: Sequence[set[str]]) -> list[f
 
 def _crop(case: MRICase, crop: Sequence[int], rng: random.Random, foreground: float) -> tuple[np.ndarray, np.ndarray]:
     """A crop of ``crop`` voxels, centred on a labelled voxel with probability ``foreground``; a case
-    smaller than the crop lands at a random place in it (``preprocess.pad_randomly``: padded only at the
-    end, the held-out hippocampus scored 0.834 / 0.835 on 20 fold-0 cases vs 0.874 / 0.860 when
-    inference padded it the same way)."""
+    smaller than the crop lands at a random place in it (``preprocess.pad_randomly``: trained with padding
+    at the end only, mri-v1 scored 0.836 / 0.823 on fold 0's 40 held-out hippocampus cases vs 0.874 /
+    0.860 when inference padded them the same way; docs/mri.md)."""
     (image, labels), before = pad_randomly((case.image, case.labels), crop, lambda n: rng.randint(0, n))
     centre = None
     if rng.random() < foreground and case.values:
