@@ -1,5 +1,9 @@
 D=${MEDFOUND_DATA:-../shared/data}
 TRAIN="$D/totalsegmentator/ts_ct_full_img.nii.gz $D/totalsegmentator/ts_aorta_crop_img.nii.gz $D/cip_chest_ct64/ct-64_img.nii.gz $D/tptbox_spine/sub-ct_label-22_img.nii.gz $(ls $D/openkbp/train_pt_*_img.nii.gz | sort -V | head -60)"
+# ct-v1 as retrained 2026-12-07: every OpenKBP training patient, and simulated appearances of the one
+# abdominal patient (contrast phases, thick slices, 45 mm slabs; training/tools/ct_variants.py writes them)
+VARIANTS=runs/ct-variants
+TRAIN_ALL="$D/totalsegmentator/ts_ct_full_img.nii.gz $D/totalsegmentator/ts_aorta_crop_img.nii.gz $D/cip_chest_ct64/ct-64_img.nii.gz $D/tptbox_spine/sub-ct_label-22_img.nii.gz $(ls $D/openkbp/train_pt_*_img.nii.gz | sort -V) $VARIANTS"
 HELD="$D/totalsegmentator/ts_ct_dicom20_img.nii.gz $D/msd_spleen_clara/spleen_8_img.nii.gz $(ls $D/openkbp/test_pt_*_img.nii.gz | sort -V | head -10)"
 S="liver spleen kidney_left kidney_right pancreas stomach gallbladder aorta inferior_vena_cava vertebrae spinal_cord brainstem parotid_gland_left parotid_gland_right mandible esophagus larynx"
 # the structures ct-v1 learns (vocabulary keys; unions such as "kidney" are trained as their own prompt)

@@ -95,8 +95,8 @@ def window_logits(
     if presence_gate != "none":
         # The gate is per window by default: a prompt is emptied where no slab of the window is judged
         # to hold it. Gating each 6 mm slab on its own cut the ends of present organs (mean Dice per
-        # slab vs per window: held-out 0.605 vs 0.647, validation 0.648 vs 0.662; absent structures
-        # empty in both; docs/ct.md).
+        # slab vs per window, first ct-v1: held-out 0.605 vs 0.647, validation 0.648 vs 0.662; absent
+        # structures empty in both; docs/ct.md).
         slabs = torch.sigmoid(net.presence_logits(pixel, text, keys))  # 1 K z
         if presence_gate == "window":
             slabs = slabs.amax(dim=-1, keepdim=True).expand_as(slabs)
