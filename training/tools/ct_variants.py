@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from medfoundcore.data.ct_contrast import simulate_contrast, slabs, thicken_slices
-from medfoundcore.data.datasets import IMG_SUFFIX, LAB_SUFFIX, LABELS_SUFFIX
-from medfoundcore.io import Volume, load_volume, save_volume
+from medfoundcore.data.datasets import IMG_SUFFIX, LAB_SUFFIX, LABELS_SUFFIX, find_cases
+from medfoundcore.io import Volume, save_volume
 
 SLAB_MM = 45.0  # a short series such as ts_ct_dicom20 (40 mm)
 SLABS_PER_SOURCE = 3
@@ -49,10 +49,10 @@ def main() -> None:
     source = prefix.name
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    image = load_volume(f"{prefix}{IMG_SUFFIX}")
-    labels = load_volume(f"{prefix}{LAB_SUFFIX}", label=True)
-    info = json.loads(Path(f"{prefix}{LABELS_SUFFIX}").read_text())
-    names = {int(k): v for k, v in info["labels"].items()}
+    (ref,) = find_cases([f"{prefix}{IMG_SUFFIX}"])
+    case = ref.load()
+    image, labels, names = case.image, case.labels, case.names
+    info = json.loads(Path(f"{prefix}{LABELS_SUFFIX}").read_text())  # written as it is beside each variant
     slab_values = {v for v, n in names.items() if n in SLAB_ORGANS}
     rng = np.random.default_rng(args.seed)
 

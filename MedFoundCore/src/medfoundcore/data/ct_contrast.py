@@ -79,14 +79,13 @@ def simulate_contrast(
     scale = rng.uniform(*strength)
     offset = np.zeros(image.shape, dtype=np.float32)
     for value, name in sorted(names.items()):
-        hu = enhancement_hu(name, phase)
-        if hu:
-            offset[labels.array == value] = hu * scale * rng.uniform(1 - organ_jitter, 1 + organ_jitter)
+        enhancement = enhancement_hu(name, phase)
+        if enhancement:
+            offset[labels.array == value] = enhancement * scale * rng.uniform(1 - organ_jitter, 1 + organ_jitter)
     sigma = [edge_sigma_mm / s for s in image.spacing[::-1]]  # array axes are (k, j, i)
     offset = gaussian_filter(offset, sigma)
     hu = image.array.astype(np.float32)
-    enhanced = np.where(hu > GAS_HU, hu + offset, hu)
-    return image.with_array(enhanced.astype(np.float32), contrast_phase=phase)
+    return image.with_array(np.where(hu > GAS_HU, hu + offset, hu), contrast_phase=phase)
 
 
 def thicken_slices(image: Volume, thickness_mm: float) -> Volume:
